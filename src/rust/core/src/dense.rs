@@ -1,0 +1,183 @@
+//! Column-major dense matrices owned by the core, and the few kernels the
+//! fit needs beyond faer's products.
+
+use faer::{MatMut, MatRef};
+
+/// Column-major matrix stored in a flat vector, as R stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Dense {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Dense { rows, cols, data: vec![0.0; rows * cols] }
+    }
+
+    pub fn filled(rows: usize, cols: usize, value: f64) -> Self {
+        Dense { rows, cols, data: vec![value; rows * cols] }
+    }
+
+    /// Wraps `data`, which must hold `rows * cols` values in column-major order.
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f64>) -> Self {
+        assert_eq!(data.len(), rows * cols, "Dense::from_vec: length does not match shape");
+        Dense { rows, cols, data }
+    }
+
+    pub fn get(&self, row: usize, col: usize) -> f64 {
+        self.data[row + self.rows * col]
+    }
+
+    pub fn set(&mut self, row: usize, col: usize, value: f64) {
+        self.data[row + self.rows * col] = value;
+    }
+
+    pub fn col(&self, col: usize) -> &[f64] {
+        &self.data[col * self.rows..(col + 1) * self.rows]
+    }
+
+    pub fn as_ref(&self) -> MatRef<'_, f64> {
+        MatRef::from_column_major_slice(&self.data, self.rows, self.cols)
+    }
+
+    pub fn as_mut(&mut self) -> MatMut<'_, f64> {
+        MatMut::from_column_major_slice_mut(&mut self.data, self.rows, self.cols)
+    }
+
+    pub fn from_mat(matrix: MatRef<'_, f64>) -> Self {
+        let mut out = Dense::zeros(matrix.nrows(), matrix.ncols());
+        for j in 0..matrix.ncols() {
+            for i in 0..matrix.nrows() {
+                out.data[i + out.rows * j] = matrix[(i, j)];
+            }
+        }
+        out
+    }
+
+    pub fn squared_norm(&self) -> f64 {
+        self.data.iter().map(|v| v * v).sum()
+    }
+
+    /// Sets every entry of `self` from a same-shaped matrix.
+    pub fn copy_from(&mut self, other: &Dense) {
+        debug_assert_eq!((self.rows, self.cols), (other.rows, other.cols));
+        self.data.copy_from_slice(&other.data);
+    }
+}
+
+/// Divides `numerator` by `max(denominator, floor)`; a non-finite result becomes 0.
+#[inline]
+pub fn safe_divide(numerator: f64, denominator: f64, floor: f64) -> f64 {
+    let ratio = numerator / denominator.max(floor);
+    if ratio.is_finite() {
+        ratio
+    } else {
+        0.0
+    }
+}
+
+/// Computes `out = left' * right` for column-major `left` (m x a) and `right` (m x b).
+pub fn cross_product(left: &Dense, right: &Dense, out: &mut Dense) {
+    debug_assert_eq!(left.rows, right.rows);
+    for j in 0..right.cols {
+        let r = right.col(j);
+        for i in 0..left.cols {
+            let l = left.col(i);
+            out.data[i + left.cols * j] = l.iter().zip(r).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// Computes `out = left * right'` for `left` (a x n) and `right` (b x n).
+pub fn outer_product_sum(left: &Dense, right: &Dense, out: &mut Dense) {
+    debug_assert_eq!(left.cols, right.cols);
+    out.data.iter_mut().for_each(|v| *v = 0.0);
+    for col in 0..left.cols {
+        let l = left.col(col);
+        let r = right.col(col);
+        for (j, &rv) in r.iter().enumerate() {
+            for (i, &lv) in l.iter().enumerate() {
+                out.data[i + out.rows * j] += lv * rv;
+            }
+        }
+    }
+}
+
+/// Computes `out = left * right` for small matrices (a x m times m x b).
+pub fn product(left: &Dense, right: &Dense, out: &mut Dense) {
+    debug_assert_eq!(left.cols, right.rows);
+    out.data.iter_mut().for_each(|v| *v = 0.0);
+    for j in 0..right.cols {
+        for m in 0..left.cols {
+            let scale = right.data[m + right.rows * j];
+            if scale == 0.0 {
+                continue;
+            }
+            let l = left.col(m);
+            let o = &mut out.data[j * left.rows..(j + 1) * left.rows];
+            for (ov, lv) in o.iter_mut().zip(l) {
+                *ov += lv * scale;
+            }
+        }
+    }
+}
+
+/// Splits the column range `0..columns` into at most `threads` contiguous
+/// chunks, in order. One chunk when `threads` is 1 or the work is small.
+pub fn column_chunks(columns: usize, threads: usize, work_per_column: usize) -> Vec<std::ops::Range<usize>> {
+    // Below this much work a thread costs more than it saves.
+    const MIN_WORK_PER_THREAD: usize = 200_000;
+    let total = columns.saturating_mul(work_per_column.max(1));
+    let useful = (total / MIN_WORK_PER_THREAD).max(1);
+    let count = threads.max(1).min(useful).min(columns.max(1));
+    let base = columns / count;
+    let extra = columns % count;
+    let mut ranges = Vec::with_capacity(count);
+    let mut start = 0;
+    for i in 0..count {
+        let len = base + usize::from(i < extra);
+        ranges.push(start..start + len);
+        start += len;
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_divide_floors_and_zeroes() {
+        assert_eq!(safe_divide(1.0, 0.0, 1e-10), 1e10);
+        assert_eq!(safe_divide(f64::INFINITY, 1.0, 1e-10), 0.0);
+        assert_eq!(safe_divide(f64::NAN, 1.0, 1e-10), 0.0);
+        assert_eq!(safe_divide(6.0, 3.0, 1e-10), 2.0);
+    }
+
+    #[test]
+    fn small_products_match_hand_values() {
+        let a = Dense::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]); // [[1,3],[2,4]]
+        let b = Dense::from_vec(2, 1, vec![5.0, 6.0]);
+        let mut out = Dense::zeros(2, 1);
+        product(&a, &b, &mut out);
+        assert_eq!(out.data, vec![23.0, 34.0]);
+        let mut cross = Dense::zeros(2, 1);
+        cross_product(&a, &b, &mut cross);
+        assert_eq!(cross.data, vec![17.0, 39.0]);
+        let mut outer = Dense::zeros(2, 2);
+        outer_product_sum(&a, &a, &mut outer); // a a'
+        assert_eq!(outer.data, vec![10.0, 14.0, 14.0, 20.0]);
+    }
+
+    #[test]
+    fn column_chunks_cover_range() {
+        for &(columns, threads) in &[(10usize, 3usize), (1, 4), (1_000_000, 2), (0, 2)] {
+            let chunks = column_chunks(columns, threads, 1000);
+            let covered: usize = chunks.iter().map(|r| r.len()).sum();
+            assert_eq!(covered, columns);
+            assert!(chunks.len() <= threads.max(1));
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Effective degrees of freedom of the random effects and the df cap.
+//!
+//! With `d_1..d_Q` the eigenvalues of X'X, the ridge solution for U uses
+//! `dfU(lambda) = N * sum_q d_q / (d_q + lambda)` degrees of freedom. The cap
+//! keeps dfU at or below a ceiling by raising lambda, so that the random
+//! effects cannot absorb the residual variance.
+
+use crate::error::{NmfreError, Result};
+
+/// Largest ridge penalty the root search will consider.
+pub const LAMBDA_MAX: f64 = 1e12;
+/// Absolute tolerance, in lambda, of the bracketing root search.
+pub const LAMBDA_TOLERANCE: f64 = 1e-8;
+
+/// How the ceiling on dfU is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CapRule {
+    /// No ceiling; tau2 follows its own update.
+    Off,
+    /// Ceiling `max(rate * N * Q, 1)`.
+    Rate(f64),
+    /// Ceiling given directly in degrees of freedom.
+    Absolute(f64),
+}
+
+impl CapRule {
+    /// Returns the ceiling on dfU for `units` units and `rank` bases, or None when off.
+    pub fn ceiling(&self, units: usize, rank: usize) -> Option<f64> {
+        match *self {
+            CapRule::Off => None,
+            CapRule::Rate(rate) => Some((rate * units as f64 * rank as f64).max(1.0)),
+            CapRule::Absolute(cap) => Some(cap),
+        }
+    }
+
+    /// Checks that the rate or the absolute ceiling is usable.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            CapRule::Off => Ok(()),
+            CapRule::Rate(rate) if rate.is_finite() && rate > 0.0 => Ok(()),
+            CapRule::Absolute(cap) if cap.is_finite() && cap > 0.0 => Ok(()),
+            CapRule::Rate(rate) => Err(NmfreError::InvalidInput(format!(
+                "df cap rate must be a positive finite number, not {rate}"
+            ))),
+            CapRule::Absolute(cap) => Err(NmfreError::InvalidInput(format!(
+                "absolute df cap must be a positive finite number, not {cap}"
+            ))),
+        }
+    }
+}
+
+/// Computes `dfU(lambda) = units * sum_q d_q / (d_q + lambda)`.
+pub fn effective_df(eigenvalues: &[f64], lambda: f64, units: usize) -> f64 {
+    let trace: f64 = eigenvalues
+        .iter()
+        .map(|&d| {
+            let d = d.max(0.0);
+            if d + lambda > 0.0 {
+                d / (d + lambda)
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    units as f64 * trace
+}
+
+/// Outcome of raising lambda to meet the cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapSolution {
+    /// The raised penalty; dfU at this value is at or just below the cap.
+    pub lambda: f64,
+    /// False when even `LAMBDA_MAX` leaves dfU above the cap.
+    pub reached: bool,
+}
+
+/// Finds the lambda above `lambda` at which dfU equals `cap`.
+///
+/// dfU decreases in lambda, so the root is bracketed by multiplying lambda by
+/// 10 (from 1e-6 when it is 0) until dfU falls to the cap, then located by
+/// bisection to `LAMBDA_TOLERANCE`. Bisection is used rather than a faster
+/// secant method because it keeps the returned end of the bracket on the
+/// feasible side, so dfU never exceeds the cap by rounding.
+pub fn raise_lambda_to_cap(eigenvalues: &[f64], lambda: f64, units: usize, cap: f64) -> CapSolution {
+    let df = |value: f64| effective_df(eigenvalues, value, units);
+    if df(lambda) <= cap {
+        return CapSolution { lambda, reached: true };
+    }
+
+    let mut low = lambda.max(0.0);
+    let mut high = if low > 0.0 { low * 10.0 } else { 1e-6 };
+    while df(high) > cap {
+        if high >= LAMBDA_MAX {
+            return CapSolution { lambda: LAMBDA_MAX, reached: false };
+        }
+        low = high;
+        high = (high * 10.0).min(LAMBDA_MAX);
+    }
+
+    while high - low > LAMBDA_TOLERANCE {
+        let middle = 0.5 * (low + high);
+        if middle <= low || middle >= high {
+            break;
+        }
+        if df(middle) > cap {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    CapSolution { lambda: high, reached: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_df_limits() {
+        let eigenvalues = [2.0, 0.5];
+        assert_eq!(effective_df(&eigenvalues, 0.0, 10), 20.0);
+        assert!(effective_df(&eigenvalues, 1e12, 10) < 1e-9);
+        // 10 * (2/3 + 0.5/1.5) = 10
+        assert!((effective_df(&eigenvalues, 1.0, 10) - 10.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn root_search_meets_cap() {
+        let eigenvalues = [3.0, 1.0, 0.2];
+        let units = 50;
+        for &(start, cap) in &[(0.0, 30.0), (1e-3, 5.0), (0.5, 80.0), (2.0, 1.0)] {
+            let solution = raise_lambda_to_cap(&eigenvalues, start, units, cap);
+            assert!(solution.reached);
+            assert!(solution.lambda >= start);
+            let df = effective_df(&eigenvalues, solution.lambda, units);
+            assert!(df <= cap + 1e-12, "dfU {df} above cap {cap}");
+            // The root lies within LAMBDA_TOLERANCE below the returned lambda.
+            let below = effective_df(&eigenvalues, solution.lambda - LAMBDA_TOLERANCE, units);
+            assert!(below > cap, "root not bracketed to tolerance: {below} <= {cap}");
+        }
+    }
+
+    #[test]
+    fn root_search_leaves_feasible_lambda_alone() {
+        let solution = raise_lambda_to_cap(&[1.0], 5.0, 10, 5.0);
+        assert_eq!(solution.lambda, 5.0);
+    }
+
+    #[test]
+    fn cap_from_rate_has_floor_of_one() {
+        assert_eq!(CapRule::Rate(0.1).ceiling(3, 1), Some(1.0));
+        assert_eq!(CapRule::Rate(0.21).ceiling(27, 1), Some(0.21 * 27.0));
+        assert_eq!(CapRule::Off.ceiling(27, 1), None);
+    }
+}

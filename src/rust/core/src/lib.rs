@@ -1,0 +1,22 @@
+//! Core of nmfre: non-negative matrix factorisation with random effects
+//! (NMF-RE), `Y = X (Theta A + U) + E`, estimated by alternating ridge and
+//! multiplicative updates with a cap on the random effects' degrees of
+//! freedom, and inference on Theta without re-optimisation.
+//!
+//! Method: K. Satoh (2026), "Wild Bootstrap Inference for Non-Negative Matrix
+//! Factorization with Random Effects", arXiv:2603.01468.
+//!
+//! All matrices are column-major, as R stores them. This crate has no R
+//! dependency; the bridge crate converts R objects.
+
+pub mod dense;
+pub mod dfcap;
+pub mod error;
+pub mod fit;
+pub mod init;
+pub mod linalg;
+
+pub use dense::Dense;
+pub use dfcap::CapRule;
+pub use error::{NmfreError, Result};
+pub use fit::{fit, Data, Fit, FitOptions, StartValues, StopReason, ThetaMode};

@@ -1,0 +1,41 @@
+//! Orthodont (Potthoff and Roy 1964, as shipped in R's nlme package): dental
+//! distance in mm at ages 8, 10, 12 and 14 for 16 boys and 11 girls.
+//! Reference values from MODEL.md's check, computed by the method author's
+//! implementation: Theta = (90.50, 9.43), X = (0.2308, 0.2409, 0.2566,
+//! 0.2717), about 230 iterations, dfU about 2.1 with cap rate 0.21.
+
+use nmfre_core::{fit, CapRule, Data, FitOptions};
+
+pub const DISTANCE: [f64; 108] = [
+    26.0, 25.0, 29.0, 31.0, 21.5, 22.5, 23.0, 26.5, 23.0, 22.5, 24.0, 27.5, 25.5, 27.5, 26.5, 27.0, 20.0, 23.5,
+    22.5, 26.0, 24.5, 25.5, 27.0, 28.5, 22.0, 22.0, 24.5, 26.5, 24.0, 21.5, 24.5, 25.5, 23.0, 20.5, 31.0, 26.0,
+    27.5, 28.0, 31.0, 31.5, 23.0, 23.0, 23.5, 25.0, 21.5, 23.5, 24.0, 28.0, 17.0, 24.5, 26.0, 29.5, 22.5, 25.5,
+    25.5, 26.0, 23.0, 24.5, 26.0, 30.0, 22.0, 21.5, 23.5, 25.0, 21.0, 20.0, 21.5, 23.0, 21.0, 21.5, 24.0, 25.5,
+    20.5, 24.0, 24.5, 26.0, 23.5, 24.5, 25.0, 26.5, 21.5, 23.0, 22.5, 23.5, 20.0, 21.0, 21.0, 22.5, 21.5, 22.5,
+    23.0, 25.0, 23.0, 23.0, 23.5, 24.0, 20.0, 21.0, 22.0, 21.5, 16.5, 19.0, 19.0, 19.5, 24.5, 25.0, 28.0, 28.0,
+];
+
+fn covariates() -> Vec<f64> {
+    // Intercept and male indicator; the first 16 subjects are boys.
+    (0..27).flat_map(|n| [1.0, if n < 16 { 1.0 } else { 0.0 }]).collect()
+}
+
+#[test]
+fn orthodont_matches_reference_fit() {
+    let a = covariates();
+    let data = Data::new(&DISTANCE, 4, 27, &a, 2).unwrap();
+    let options = FitOptions { rank: 1, cap: CapRule::Rate(0.21), ..FitOptions::default() };
+    let result = fit(&data, &options, &mut || false).unwrap();
+    println!(
+        "theta {:?} x {:?} iterations {} dfU {} sigma2 {} tau2 {} lambda {}",
+        result.theta.data, result.x.data, result.iterations, result.dfu, result.sigma2, result.tau2, result.lambda
+    );
+    assert!(result.converged());
+    assert!((result.theta.get(0, 0) - 90.50).abs() < 0.05);
+    assert!((result.theta.get(0, 1) - 9.43).abs() < 0.05);
+    for (got, want) in result.x.data.iter().zip([0.2308, 0.2409, 0.2566, 0.2717]) {
+        assert!((got - want).abs() < 0.001, "X entry {got} differs from {want}");
+    }
+    assert!((result.dfu - 2.1).abs() < 0.2);
+    assert_eq!(result.cap_hits, 0);
+}
