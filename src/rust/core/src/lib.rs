@@ -13,6 +13,7 @@ pub mod dense;
 pub mod dfcap;
 pub mod error;
 pub mod fit;
+pub mod inference;
 pub mod init;
 pub mod linalg;
 
@@ -20,3 +21,4 @@ pub use dense::Dense;
 pub use dfcap::CapRule;
 pub use error::{NmfreError, Result};
 pub use fit::{fit, Data, Fit, FitOptions, StartValues, StopReason, ThetaMode};
+pub use inference::{infer, BootstrapOptions, Conditioning, Inference, InferenceOptions, InformationRule, Sigma2Rule, WeightKind};

@@ -39,3 +39,35 @@ fn orthodont_matches_reference_fit() {
     assert!((result.dfu - 2.1).abs() < 0.2);
     assert_eq!(result.cap_hits, 0);
 }
+
+#[test]
+fn orthodont_sandwich_and_bootstrap_match_reference() {
+    use nmfre_core::{infer, BootstrapOptions, Conditioning, InferenceOptions, InformationRule, Sigma2Rule, WeightKind};
+    let a = covariates();
+    let data = Data::new(&DISTANCE, 4, 27, &a, 2).unwrap();
+    let options = FitOptions { rank: 1, cap: CapRule::Rate(0.21), ..FitOptions::default() };
+    let result = fit(&data, &options, &mut || false).unwrap();
+    let conditioning = Conditioning { x: &result.x, theta: &result.theta, u: &result.u, lambda: result.lambda };
+    let settings = InferenceOptions {
+        sigma2_rule: Sigma2Rule::Corrected,
+        information: InformationRule::Corrected,
+        bootstrap: Some(BootstrapOptions {
+            replicates: 500,
+            weights: WeightKind::Exponential,
+            seed: 1,
+            project: true,
+            level: 0.95,
+            threads: 1,
+        }),
+    };
+    let inference = infer(&data, &conditioning, &settings).unwrap();
+    let se: Vec<f64> = (0..2).map(|i| inference.sandwich.get(i, i).sqrt()).collect();
+    let boot = inference.bootstrap.unwrap();
+    println!("sandwich se {se:?} boot se {:?} sigma2 {}", boot.se, inference.sigma2);
+    // Reference sandwich SE (2.47, 3.06), to 1%.
+    assert!((se[0] / 2.47 - 1.0).abs() < 0.01);
+    assert!((se[1] / 3.06 - 1.0).abs() < 0.01);
+    // Bootstrap SE at B = 500 within 10% of the sandwich values.
+    assert!((boot.se[0] / se[0] - 1.0).abs() < 0.10);
+    assert!((boot.se[1] / se[1] - 1.0).abs() < 0.10);
+}
