@@ -1,0 +1,137 @@
+# Runs the Rust estimation loop and assembles the "nmfre" object.
+
+cap_options <- function(df_rate, control) {
+  if (!isTRUE(control$use_cap)) {
+    return(list(cap_type = "off", cap_value = 0))
+  }
+  if (!is.null(control$df_cap)) {
+    return(list(cap_type = "absolute", cap_value = as.double(control$df_cap)))
+  }
+  list(cap_type = "rate", cap_value = as.double(df_rate))
+}
+
+start_options <- function(start, P, N, K, rank) {
+  shapes <- list(X = c(P, rank), Theta = c(rank, K), U = c(rank, N))
+  out <- list(start_X = NULL, start_Theta = NULL, start_U = NULL)
+  for (name in names(start)) {
+    value <- start[[name]]
+    expected <- shapes[[name]]
+    if (!is.numeric(value) || length(value) != prod(expected) ||
+        (!is.null(dim(value)) && !identical(as.integer(dim(value)), as.integer(expected)))) {
+      stop(sprintf("`start$%s` must be a numeric %d x %d matrix.", name,
+                   expected[1], expected[2]), call. = FALSE)
+    }
+    if (any(!is.finite(value))) {
+      stop(sprintf("`start$%s` has missing or non-finite values.", name), call. = FALSE)
+    }
+    if (name == "X" && (any(value < 0) || all(value == 0))) {
+      stop("`start$X` must be non-negative and not all zero.", call. = FALSE)
+    }
+    out[[paste0("start_", name)]] <- as.double(value)
+  }
+  out
+}
+
+fit_options <- function(Y, A, rank, df_rate, theta, control) {
+  c(
+    list(rank = rank, theta = theta, maxit = control$maxit,
+         epsilon = control$epsilon, seed = control$seed,
+         sigma2_start = control$sigma2_start, tau2_start = control$tau2_start,
+         sigma2_update_from = control$sigma2_update_from,
+         sigma2_update_every = control$sigma2_update_every,
+         update_tau2 = control$update_tau2,
+         threads = resolve_threads(control$threads, length(Y))),
+    cap_options(df_rate, control),
+    start_options(control$start, nrow(Y), ncol(Y), nrow(A), rank)
+  )
+}
+
+basis_names <- function(rank, prefix) paste0(prefix, seq_len(rank))
+
+fit_nmfre <- function(Y, A, rank, df_rate, theta, control) {
+  if (control$verbose) {
+    message(sprintf("Fitting NMF-RE: P = %d, N = %d, rank = %d, K = %d.",
+                    nrow(Y), ncol(Y), rank, nrow(A)))
+  }
+  raw <- rust_fit(Y, A, fit_options(Y, A, rank, df_rate, theta, control))
+  fit <- assemble_fit(raw, Y, A, rank, df_rate, theta, control)
+  warn_fit_problems(fit)
+  if (control$inference) {
+    fit$inference <- compute_inference(fit, control)
+  }
+  fit
+}
+
+assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
+  bases <- basis_names(rank, control$basis_prefix)
+  units <- colnames(Y)
+  measurements <- rownames(Y)
+  covariates <- rownames(A)
+
+  X <- raw$X
+  dimnames(X) <- list(measurements, bases)
+  Theta <- raw$Theta
+  dimnames(Theta) <- list(bases, covariates)
+  U <- raw$U
+  dimnames(U) <- list(bases, units)
+  fitted <- raw$fitted
+  dimnames(fitted) <- dimnames(Y)
+
+  cap_value <- raw$cap
+  cap <- list(
+    type = cap_options(df_rate, control)$cap_type,
+    rate = if (isTRUE(control$use_cap) && is.null(control$df_cap)) df_rate else NA_real_,
+    value = cap_value,
+    ratio = if (is.na(cap_value)) NA_real_ else raw$dfU / cap_value,
+    hit = raw$cap_hits > 0,
+    hits = raw$cap_hits,
+    first_hit = raw$cap_first_hit,
+    last_hit = raw$cap_last_hit
+  )
+  cap$binding <- !is.na(cap$ratio) && cap$ratio >= 0.99
+
+  structure(
+    list(
+      X = X, Theta = Theta, U = U,
+      sigma2 = raw$sigma2, tau2 = raw$tau2, lambda = raw$lambda, dfU = raw$dfU,
+      cap = cap,
+      iterations = raw$iterations, converged = raw$converged,
+      stop_reason = raw$stop_reason, objective = raw$objective, rss = raw$rss,
+      fitted = fitted, Y = Y, A = A, rank = rank, theta = theta,
+      df_rate = df_rate, control = control, inference = NULL, call = NULL
+    ),
+    class = "nmfre"
+  )
+}
+
+warn_fit_problems <- function(fit) {
+  if (!fit$converged) {
+    warning(sprintf(paste0("nmfre did not converge in %d iterations (%s). Increase ",
+                           "`maxit` in nmfre_control() or check the data's scale."),
+                    fit$iterations, fit$stop_reason), call. = FALSE)
+  }
+  if (isTRUE(fit$cap$binding)) {
+    warning(sprintf(paste0("The df cap binds at the end of the fit: dfU = %.3g is ",
+                           "%.1f%% of the cap %.3g, so the random effects would take ",
+                           "more degrees of freedom if allowed and the standard errors ",
+                           "depend on the cap. Try a larger `df_rate`, or df_rate = NULL ",
+                           "to choose it with nmfre_dfscan()."),
+                    fit$dfU, 100 * fit$cap$ratio, fit$cap$value), call. = FALSE)
+  }
+  at_bound <- c(sigma2 = fit$sigma2, tau2 = fit$tau2)
+  at_bound <- at_bound[at_bound <= 1e-12 * (1 + 1e-9) | at_bound >= 1e12 * (1 - 1e-9)]
+  if (length(at_bound) > 0L) {
+    warning(sprintf(paste0("%s reached its clipping bound [1e-12, 1e12]; the ",
+                           "variance estimate is unreliable. Rescale Y."),
+                    paste(names(at_bound), collapse = " and ")), call. = FALSE)
+  }
+  if (fit$theta == "nonneg" && any(fit$Theta <= 1e-9)) {
+    zero <- which(fit$Theta <= 1e-9, arr.ind = TRUE)
+    labels <- paste0(rownames(fit$Theta)[zero[, 1]], ":", colnames(fit$Theta)[zero[, 2]])
+    warning(sprintf(paste0("Theta is at its lower bound 0 for %s. The data may ",
+                           "favour a negative effect, which non-negative Theta cannot ",
+                           "express; recode the covariate (for example change the ",
+                           "reference level) or use theta = \"free\"."),
+                    paste(labels, collapse = ", ")), call. = FALSE)
+  }
+}

@@ -1,0 +1,4 @@
+library(testthat)
+library(nmfre)
+
+test_check("nmfre")

@@ -1,0 +1,90 @@
+# Reference values: MODEL.md's Orthodont check, produced by the method
+# author's implementation (Satoh 2026, arXiv:2603.01468): Theta = (90.50,
+# 9.43), X = (0.2308, 0.2409, 0.2566, 0.2717), about 230 iterations,
+# dfU about 2.1 and a cap (rate 0.21) that does not bind.
+
+test_that("Orthodont fit matches the reference implementation", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+               control = nmfre_control(inference = FALSE))
+  expect_true(fit$converged)
+  expect_within(unname(fit$Theta[1, "(Intercept)"]), 90.50, tolerance = 0.05)
+  expect_within(unname(fit$Theta[1, "male"]), 9.43, tolerance = 0.05)
+  expect_within(fit$X[, 1], c(0.2308, 0.2409, 0.2566, 0.2717), tolerance = 0.001)
+  expect_gte(fit$iterations, 200)
+  expect_lte(fit$iterations, 260)
+  expect_within(fit$dfU, 2.1, tolerance = 0.1)
+  expect_false(fit$cap$binding)
+  expect_false(fit$cap$hit)
+  expect_equal(fit$cap$value, 0.21 * 27)
+})
+
+test_that("fit carries dimnames from Y and A", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+               control = nmfre_control(inference = FALSE, basis_prefix = "Growth"))
+  expect_identical(rownames(fit$X), rownames(d$Y))
+  expect_identical(colnames(fit$X), "Growth1")
+  expect_identical(colnames(fit$Theta), c("(Intercept)", "male"))
+  expect_identical(colnames(fit$U), colnames(d$Y))
+  expect_identical(dimnames(fit$fitted), dimnames(d$Y))
+})
+
+test_that("fitted values equal X (Theta A + U)", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+               control = nmfre_control(inference = FALSE))
+  expected <- fit$X %*% (fit$Theta %*% d$A + fit$U)
+  expect_equal(unname(fit$fitted), unname(expected), tolerance = 1e-12)
+  expect_equal(fit$rss, sum((d$Y - expected)^2), tolerance = 1e-10)
+})
+
+test_that("same seed gives identical fits, U rows are centred", {
+  d <- orthodont_data()
+  control <- nmfre_control(inference = FALSE, seed = 7)
+  first <- nmfre(d$Y, d$A, rank = 2, df_rate = 0.3, control = control)
+  second <- nmfre(d$Y, d$A, rank = 2, df_rate = 0.3, control = control)
+  expect_identical(first$Theta, second$Theta)
+  expect_identical(first$objective, second$objective)
+  expect_within(unname(rowMeans(first$U)), c(0, 0), tolerance = 1e-10)
+  expect_equal(unname(colSums(first$X)), c(1, 1), tolerance = 1e-12)
+})
+
+test_that("bases are ordered by where their loadings sit", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 2, df_rate = 0.3,
+               control = nmfre_control(inference = FALSE))
+  position <- colSums(fit$X * (seq_len(4) / 4))
+  expect_true(position[1] <= position[2])
+})
+
+test_that("free Theta solves its least-squares normal equations", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21, theta = "free",
+               control = nmfre_control(inference = FALSE))
+  X <- fit$X
+  Ystar <- d$Y - X %*% fit$U
+  # Theta is the last block updated, so it solves its normal equations
+  # X'X Theta A A' = X' (Y - X U) A' at the returned X and U.
+  lhs <- crossprod(X) %*% fit$Theta %*% tcrossprod(d$A)
+  rhs <- crossprod(X, Ystar) %*% t(d$A)
+  expect_equal(unname(lhs), unname(rhs), tolerance = 1e-10)
+  expect_within(unname(fit$Theta[1, 2]), 9.43, tolerance = 0.1)
+})
+
+test_that("cap can be absolute or off", {
+  d <- orthodont_data()
+  absolute <- nmfre(d$Y, d$A, rank = 1,
+                    control = nmfre_control(inference = FALSE, df_cap = 1))
+  expect_equal(absolute$cap$type, "absolute")
+  expect_lte(absolute$dfU, 1 + 1e-8)
+  expect_true(absolute$cap$hit)
+  off <- suppressWarnings(nmfre(d$Y, d$A, rank = 1,
+                                control = nmfre_control(inference = FALSE, use_cap = FALSE,
+                                                        maxit = 3000)))
+  expect_equal(off$cap$type, "off")
+  expect_true(is.na(off$cap$value))
+  # Without the cap tau2 grows with the between-child spread, so dfU rises
+  # well above the capped fit's 2.1.
+  expect_gt(off$dfU, 5)
+})
