@@ -10,7 +10,7 @@ cap_options <- function(df_rate, control) {
   list(cap_type = "rate", cap_value = as.double(df_rate))
 }
 
-start_options <- function(start, P, N, K, rank) {
+start_options <- function(start, P, N, K, rank, scale = 1) {
   shapes <- list(X = c(P, rank), Theta = c(rank, K), U = c(rank, N))
   out <- list(start_X = NULL, start_Theta = NULL, start_U = NULL)
   for (name in names(start)) {
@@ -27,12 +27,13 @@ start_options <- function(start, P, N, K, rank) {
     if (name == "X" && (any(value < 0) || all(value == 0))) {
       stop("`start$X` must be non-negative and not all zero.", call. = FALSE)
     }
+    if (name != "X") value <- value / scale
     out[[paste0("start_", name)]] <- as.double(value)
   }
   out
 }
 
-fit_options <- function(Y, A, rank, df_rate, theta, control) {
+fit_options <- function(Y, A, rank, df_rate, theta, control, scale = 1) {
   c(
     list(rank = rank, theta = theta, maxit = control$maxit,
          epsilon = control$epsilon, seed = control$seed,
@@ -42,19 +43,43 @@ fit_options <- function(Y, A, rank, df_rate, theta, control) {
          update_tau2 = control$update_tau2,
          threads = resolve_threads(control$threads, length(Y))),
     cap_options(df_rate, control),
-    start_options(control$start, nrow(Y), ncol(Y), nrow(A), rank)
+    start_options(control$start, nrow(Y), ncol(Y), nrow(A), rank, scale)
   )
 }
 
 basis_names <- function(rank, prefix) paste0(prefix, seq_len(rank))
+
+# Returns a power of 2 that brings mean(Y) near 1 when Y's scale is so
+# extreme that the fixed floors (1e-10) and variance bounds [1e-12, 1e12] of
+# the algorithm would distort or overflow the fit, and 1 otherwise. A power
+# of 2 divides without rounding.
+data_scale <- function(Y) {
+  level <- mean(Y / max(Y)) * max(Y)
+  if (level >= 1e-6 && level <= 1e6) return(1)
+  2^round(log2(level))
+}
+
+# Puts a fit computed on Y / scale back on Y's scale.
+unscale_raw <- function(raw, scale) {
+  if (scale == 1) return(raw)
+  for (name in c("Theta", "U", "fitted")) raw[[name]] <- raw[[name]] * scale
+  for (name in c("sigma2", "tau2", "rss", "objective")) raw[[name]] <- raw[[name]] * scale^2
+  raw
+}
 
 fit_nmfre <- function(Y, A, rank, df_rate, theta, control) {
   if (control$verbose) {
     message(sprintf("Fitting NMF-RE: P = %d, N = %d, rank = %d, K = %d.",
                     nrow(Y), ncol(Y), rank, nrow(A)))
   }
-  raw <- rust_fit(Y, A, fit_options(Y, A, rank, df_rate, theta, control))
+  scale <- data_scale(Y)
+  if (scale != 1 && control$verbose) {
+    message(sprintf("Y is fitted internally divided by %g because of its extreme scale.", scale))
+  }
+  options <- fit_options(Y, A, rank, df_rate, theta, control, scale)
+  raw <- unscale_raw(rust_fit(if (scale == 1) Y else Y / scale, A, options), scale)
   fit <- assemble_fit(raw, Y, A, rank, df_rate, theta, control)
+  fit$scale <- scale
   warn_fit_problems(fit)
   if (control$inference) {
     fit$inference <- compute_inference(fit, control)

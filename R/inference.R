@@ -77,9 +77,21 @@ compute_inference <- function(fit, control, project = NULL) {
     project = project, level = control$level,
     threads = resolve_threads(control$threads, length(fit$Y))
   )
-  fitted <- list(rank = fit$rank, X = as.double(fit$X), Theta = as.double(fit$Theta),
-                 U = as.double(fit$U), lambda = fit$lambda)
-  raw <- rust_infer(fit$Y, fit$A, fitted, options)
+  # Inference is computed on the scale the fit used internally and mapped
+  # back: estimates and SEs scale with Y, variances with its square.
+  scale <- if (is.null(fit$scale)) 1 else fit$scale
+  fitted <- list(rank = fit$rank, X = as.double(fit$X),
+                 Theta = as.double(fit$Theta) / scale,
+                 U = as.double(fit$U) / scale, lambda = fit$lambda)
+  raw <- rust_infer(if (scale == 1) fit$Y else fit$Y / scale, fit$A, fitted, options)
+  # Standard errors come from the scaled covariance so that they stay finite
+  # where the variances themselves overflow.
+  se_scaled <- sqrt(pmax(diag(switch(control$se,
+    sandwich = raw$sandwich,
+    model = raw$H,
+    max = pmax(raw$sandwich, raw$H)
+  )), 0))
+  raw <- unscale_inference(raw, scale)
 
   labels <- coefficient_labels(fit)
   name_matrix <- function(M) {
@@ -115,8 +127,21 @@ compute_inference <- function(fit, control, project = NULL) {
     weights = control$weights, project = project,
     sigma2_rule = control$sigma2_rule, information_rule = control$information
   )
-  inference$coefficients <- coefficient_table(fit$Theta, inference)
+  inference$coefficients <- coefficient_table(fit$Theta, inference, se_scaled * scale)
   inference
+}
+
+unscale_inference <- function(raw, scale) {
+  if (scale == 1) return(raw)
+  for (name in c("sigma2", "rss", "sandwich", "H")) raw[[name]] <- raw[[name]] * scale^2
+  raw$information <- raw$information / scale^2
+  raw$scores <- raw$scores / scale
+  if (!is.null(raw$bootstrap)) {
+    for (name in c("replicates", "se", "lower", "upper")) {
+      raw$bootstrap[[name]] <- raw$bootstrap[[name]] * scale
+    }
+  }
+  raw
 }
 
 # Scales the sandwich covariance so each variance is the larger of the two,
@@ -134,9 +159,8 @@ coefficient_labels <- function(fit) {
   paste0(grid$basis, ":", grid$covariate)
 }
 
-coefficient_table <- function(Theta, inference) {
+coefficient_table <- function(Theta, inference, se) {
   estimate <- as.double(Theta)
-  se <- sqrt(pmax(diag(inference$vcov), 0))
   z <- estimate / se
   p <- if (inference$p_side == "one-sided") {
     pnorm(z, lower.tail = FALSE)
@@ -180,7 +204,9 @@ require_inference <- function(fit, what) {
 #'   return those covariances.
 #' @param ... Unused.
 #' @return A QK x QK matrix with rows and columns named `basis:covariate`, in
-#'   the column-major order of `vec(Theta)`.
+#'   the column-major order of `vec(Theta)`. Limitation: for data whose
+#'   scale exceeds about 1e154 the variances overflow to `Inf`; the standard
+#'   errors in the coefficient table stay finite.
 #' @export
 vcov.nmfre <- function(object, type = c("chosen", "sandwich", "model"), ...) {
   type <- match_option(type, "type", c("chosen", "sandwich", "model"))
