@@ -499,19 +499,7 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
                 record.last = Some(iteration);
             }
         }
-        let mut ridge = work.gram.clone();
-        for i in 0..q {
-            ridge.data[i + q * i] += lambda;
-        }
-        let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
-        fixed_scores(&state.theta, &a, &mut work.fixed);
-        product(&work.gram, &work.fixed, &mut work.scratch);
-        for (rhs, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
-            *rhs = xty - *rhs;
-        }
-        cholesky.solve_columns(&mut work.scratch);
-        state.u.copy_from(&work.scratch);
-        centre_rows(&mut state.u);
+        update_random_effects(&mut state, &mut work, &a, lambda)?;
 
         // X-step: Lee-Seung update against the positive part of the scores.
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
@@ -604,6 +592,28 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
     })
 }
 
+/// Sets U to the ridge solution `(X'X + lambda I)^{-1} X'(Y - X Theta A)`
+/// with one Cholesky factorisation, then centres its rows. Needs `work.gram`
+/// = X'X and `work.xty` = X'Y for the current X; leaves Theta A in
+/// `work.fixed`.
+fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lambda: f64) -> Result<()> {
+    let q = state.x.cols;
+    let mut ridge = work.gram.clone();
+    for i in 0..q {
+        ridge.data[i + q * i] += lambda;
+    }
+    let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
+    fixed_scores(&state.theta, a, &mut work.fixed);
+    product(&work.gram, &work.fixed, &mut work.scratch);
+    for (rhs, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
+        *rhs = xty - *rhs;
+    }
+    cholesky.solve_columns(&mut work.scratch);
+    state.u.copy_from(&work.scratch);
+    centre_rows(&mut state.u);
+    Ok(())
+}
+
 /// Centres each row of U to mean 0 across units, so that the random effects
 /// do not absorb an intercept that belongs in Theta.
 fn centre_rows(u: &mut Dense) {
@@ -679,5 +689,168 @@ fn order_bases(state: &mut State) {
         for j in 0..u.cols {
             state.u.set(new, j, u.get(old, j));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small non-negative data set from a known rank-2 structure plus a
+    /// deterministic perturbation.
+    fn example(p: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut y = Vec::with_capacity(p * n);
+        for j in 0..n {
+            for i in 0..p {
+                let early = (p - i) as f64 / p as f64;
+                let late = (i + 1) as f64 / p as f64;
+                let noise = ((i * 31 + j * 17) % 7) as f64 / 7.0;
+                y.push(10.0 * early + (5.0 + (j % 3) as f64) * late + noise);
+            }
+        }
+        let a = (0..n).flat_map(|j| [1.0, (j % 2) as f64]).collect();
+        (y, a)
+    }
+
+    fn workspace(p: usize, n: usize, q: usize, k: usize) -> Workspace {
+        Workspace {
+            xty: Dense::zeros(q, n),
+            fixed: Dense::zeros(q, n),
+            scratch: Dense::zeros(q, n),
+            gram: Dense::zeros(q, q),
+            ybt: Dense::zeros(p, q),
+            bbt: Dense::zeros(q, q),
+            aat: Dense::zeros(k, k),
+        }
+    }
+
+    #[test]
+    fn u_step_solves_its_normal_equations() {
+        let (p, n, q, k) = (5, 12, 2, 2);
+        let (y, a_values) = example(p, n);
+        let a = Dense::from_vec(k, n, a_values);
+        let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.1 + (i % 4) as f64 * 0.05).collect());
+        let theta = Dense::from_vec(q, k, vec![20.0, 15.0, 1.0, 2.0]);
+        let mut state = State { x, theta, u: Dense::zeros(q, n), sigma2: 1.0, tau2: 1.0 };
+        let mut work = workspace(p, n, q, k);
+        let y_dense = Dense::from_vec(p, n, y);
+        cross_product(&state.x, &state.x, &mut work.gram);
+        cross_product(&state.x, &y_dense, &mut work.xty);
+        let lambda = 0.7;
+        update_random_effects(&mut state, &mut work, &a, lambda).unwrap();
+
+        // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
+        // row means removed, so (X'X + lambda I) U equals the right-hand side
+        // minus its own row means.
+        let mut rhs = work.xty.clone();
+        let mut gram_fixed = Dense::zeros(q, n);
+        product(&work.gram, &work.fixed, &mut gram_fixed);
+        for (r, g) in rhs.data.iter_mut().zip(&gram_fixed.data) {
+            *r -= g;
+        }
+        let mut lhs = Dense::zeros(q, n);
+        product(&work.gram, &state.u, &mut lhs);
+        for (l, u) in lhs.data.iter_mut().zip(&state.u.data) {
+            *l += lambda * u;
+        }
+        for row in 0..q {
+            let mean = (0..n).map(|j| rhs.get(row, j)).sum::<f64>() / n as f64;
+            for j in 0..n {
+                let expected = rhs.get(row, j) - mean;
+                assert!((lhs.get(row, j) - expected).abs() < 1e-10 * (1.0 + expected.abs()));
+            }
+            let u_mean = (0..n).map(|j| state.u.get(row, j)).sum::<f64>() / n as f64;
+            assert!(u_mean.abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn normalisation_keeps_products() {
+        let x0 = Dense::from_vec(3, 2, vec![1.0, 2.0, 3.0, 0.5, 0.5, 4.0]);
+        let theta0 = Dense::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
+        let u0 = Dense::from_vec(2, 3, vec![0.1, -0.2, 0.3, 0.0, -0.4, 0.2]);
+        let (mut x, mut theta, mut u) = (x0.clone(), theta0.clone(), u0.clone());
+        normalise(&mut x, &mut theta, &mut u);
+        for q in 0..2 {
+            assert!((x.col(q).iter().sum::<f64>() - 1.0).abs() < 1e-15);
+        }
+        let product_of = |x: &Dense, m: &Dense| {
+            let mut out = Dense::zeros(x.rows, m.cols);
+            product(x, m, &mut out);
+            out
+        };
+        for (before, after) in [(product_of(&x0, &theta0), product_of(&x, &theta)), (product_of(&x0, &u0), product_of(&x, &u))] {
+            for (b, a) in before.data.iter().zip(&after.data) {
+                assert!((b - a).abs() < 1e-13 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn objective_does_not_increase_at_fixed_variances() {
+        // With sigma2 and tau2 held (no cap, no tau2 update, sigma2 update
+        // never due) each block update minimises or majorises the objective
+        // in its block. Normalisation rescales U's rows and so changes the
+        // penalty slightly; allow a relative rise of 1e-9 per iteration.
+        let (p, n) = (6, 40);
+        let (y, a) = example(p, n);
+        let data = Data::new(&y, p, n, &a, 2).unwrap();
+        let options = FitOptions {
+            rank: 2,
+            cap: CapRule::Off,
+            update_tau2: false,
+            sigma2_update_from: usize::MAX,
+            maxit: 500,
+            epsilon: 0.0,
+            tau2_start: 5.0,
+            ..FitOptions::default()
+        };
+        let result = fit(&data, &options, &mut || false).unwrap();
+        let mut worst: f64 = 0.0;
+        for pair in result.objective.windows(2) {
+            worst = worst.max((pair[1] - pair[0]) / pair[0]);
+        }
+        assert!(worst < 1e-9, "objective rose by a relative {worst}");
+    }
+
+    #[test]
+    fn same_seed_gives_bitwise_identical_fits() {
+        let (p, n) = (6, 40);
+        let (y, a) = example(p, n);
+        let data = Data::new(&y, p, n, &a, 2).unwrap();
+        let options = FitOptions { rank: 3, seed: 99, maxit: 300, ..FitOptions::default() };
+        let first = fit(&data, &options, &mut || false).unwrap();
+        let second = fit(&data, &options, &mut || false).unwrap();
+        assert_eq!(first.x, second.x);
+        assert_eq!(first.theta, second.theta);
+        assert_eq!(first.u, second.u);
+        assert_eq!(first.objective, second.objective);
+    }
+
+    #[test]
+    fn threads_agree_to_rounding() {
+        let (p, n) = (30, 4000);
+        let (y, a) = example(p, n);
+        let data = Data::new(&y, p, n, &a, 2).unwrap();
+        let single = FitOptions { rank: 2, maxit: 50, ..FitOptions::default() };
+        let multi = FitOptions { threads: 2, ..single.clone() };
+        let one = fit(&data, &single, &mut || false).unwrap();
+        let two = fit(&data, &multi, &mut || false).unwrap();
+        for (a, b) in one.theta.data.iter().zip(&two.theta.data) {
+            assert!((a - b).abs() <= 1e-10 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn interrupt_stops_the_loop() {
+        let (p, n) = (6, 40);
+        let (y, a) = example(p, n);
+        let data = Data::new(&y, p, n, &a, 2).unwrap();
+        let mut calls = 0;
+        let result = fit(&data, &FitOptions::default(), &mut || {
+            calls += 1;
+            calls > 3
+        });
+        assert_eq!(result.unwrap_err(), NmfreError::Interrupted);
     }
 }
