@@ -1,7 +1,8 @@
 //! Column-major dense matrices owned by the core, and the few kernels the
 //! fit needs beyond faer's products.
 
-use faer::{MatMut, MatRef};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 
 /// Column-major matrix stored in a flat vector, as R stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +66,43 @@ impl Dense {
         debug_assert_eq!((self.rows, self.cols), (other.rows, other.cols));
         self.data.copy_from_slice(&other.data);
     }
+}
+
+/// Computes `out = alpha * op(left) * op(right)` (or adds it to `out` when
+/// `accumulate`), where `op` transposes when the flag is set; faer does the work.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    out: &mut Dense,
+    left: &Dense,
+    transpose_left: bool,
+    right: &Dense,
+    transpose_right: bool,
+    alpha: f64,
+    accumulate: bool,
+    par: Par,
+) {
+    let l = if transpose_left { left.as_ref().transpose() } else { left.as_ref() };
+    let r = if transpose_right { right.as_ref().transpose() } else { right.as_ref() };
+    let beta = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(out.as_mut(), beta, l, r, alpha, par);
+}
+
+/// Sum of squares with eight independent accumulators, so that the compiler
+/// can vectorise it instead of waiting on one chain of additions.
+pub fn sum_of_squares(values: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v * v;
+        }
+    }
+    let mut total: f64 = lanes.iter().sum();
+    for v in tail {
+        total += v * v;
+    }
+    total
 }
 
 /// Divides `numerator` by `max(denominator, floor)`; a non-finite result becomes 0.
@@ -169,6 +207,13 @@ mod tests {
         let mut outer = Dense::zeros(2, 2);
         outer_product_sum(&a, &a, &mut outer); // a a'
         assert_eq!(outer.data, vec![10.0, 14.0, 14.0, 20.0]);
+    }
+
+    #[test]
+    fn sum_of_squares_matches_plain_sum() {
+        let values: Vec<f64> = (0..37).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let plain: f64 = values.iter().map(|v| v * v).sum();
+        assert!((sum_of_squares(&values) - plain).abs() < 1e-12 * plain);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
-use crate::dense::{column_chunks, cross_product, outer_product_sum, product, safe_divide, Dense};
+use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
@@ -201,8 +201,8 @@ struct State {
     tau2: f64,
 }
 
-/// Buffers reused across iterations so that the loop allocates only Q x Q
-/// and Q x K temporaries.
+/// Buffers reused across iterations, so that an iteration allocates only
+/// Q x Q and Q x K temporaries.
 struct Workspace {
     /// X'Y for the current X (Q x N).
     xty: Dense,
@@ -210,10 +210,32 @@ struct Workspace {
     fixed: Dense,
     /// Right-hand side of the U-step, then positive part of Theta A + U (Q x N).
     scratch: Dense,
+    /// X'(Y - X U) after the X-step (Q x N).
+    xtw: Dense,
+    /// Theta A + U (Q x N).
+    scores: Dense,
     gram: Dense,
     ybt: Dense,
     bbt: Dense,
+    x_denominator: Dense,
     aat: Dense,
+}
+
+impl Workspace {
+    fn new(p: usize, n: usize, q: usize, k: usize) -> Self {
+        Workspace {
+            xty: Dense::zeros(q, n),
+            fixed: Dense::zeros(q, n),
+            scratch: Dense::zeros(q, n),
+            xtw: Dense::zeros(q, n),
+            scores: Dense::zeros(q, n),
+            gram: Dense::zeros(q, q),
+            ybt: Dense::zeros(p, q),
+            bbt: Dense::zeros(q, q),
+            x_denominator: Dense::zeros(p, q),
+            aat: Dense::zeros(k, k),
+        }
+    }
 }
 
 fn par_for(threads: usize) -> Par {
@@ -334,106 +356,130 @@ fn for_column_ranges<T: Send>(
 }
 
 /// Sets `fixed = Theta A`.
-fn fixed_scores(theta: &Dense, a: &Dense, fixed: &mut Dense) {
-    product(theta, a, fixed);
+fn fixed_scores(theta: &Dense, a: &Dense, fixed: &mut Dense, par: Par) {
+    gemm(fixed, theta, false, a, false, 1.0, false, par);
 }
 
-/// Computes the numerator X' max(max(Y,0) - X U, 0) A' of the Theta-step in one
-/// pass over Y, without forming the P x N matrix.
-fn theta_numerator(y_positive: &[f64], p: usize, x: &Dense, u: &Dense, a: &Dense, threads: usize) -> Dense {
-    let (q, k) = (x.cols, a.rows);
-    let partials = for_column_ranges(u.cols, threads, p * q, |range| {
-        let mut sum = Dense::zeros(q, k);
-        let mut ystar = vec![0.0; p];
-        let mut projected = vec![0.0; q];
-        for n in range {
-            let y_col = &y_positive[n * p..(n + 1) * p];
-            ystar.copy_from_slice(y_col);
-            for qq in 0..q {
-                let weight = u.get(qq, n);
-                if weight != 0.0 {
-                    for (value, xv) in ystar.iter_mut().zip(x.col(qq)) {
-                        *value -= xv * weight;
-                    }
+/// Number of columns of Y processed at a time in the fused passes, chosen so
+/// that a P x block buffer (about 256 KiB) stays in cache.
+fn block_columns(p: usize) -> usize {
+    (32_768 / p.max(1)).clamp(16, 512)
+}
+
+/// Sets `work.xtw = X'(Y - X U)` and `work.scratch = X' (max(max(Y, 0) - X U,
+/// 0) - (Y - X U))`, the correction that turns `xtw` into the Theta-step's
+/// numerator before the product with A'.
+///
+/// Y is read once, a cache-sized block of columns at a time, so W = Y - X U
+/// is never stored whole. The correction is non-zero only where W or Y is
+/// negative, which is rare on non-negative data.
+fn remove_random_effects(y: &[f64], y_positive: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) {
+    let (p, q) = (x.rows, x.cols);
+    let has_negative_y = !std::ptr::eq(y.as_ptr(), y_positive.as_ptr());
+    let block = block_columns(p);
+    let x_ref = x.as_ref();
+    for_column_pairs_mut(&mut work.xtw.data, &mut work.scratch.data, q, threads, 4 * p * q, |columns, xtw, correction| {
+        let mut w = vec![0.0; p * block];
+        let mut start = columns.start;
+        while start < columns.end {
+            let end = (start + block).min(columns.end);
+            let width = end - start;
+            let local = start - columns.start;
+            let w_block = &mut w[..p * width];
+            w_block.copy_from_slice(&y[start * p..end * p]);
+            let mut w_mat = faer::MatMut::from_column_major_slice_mut(w_block, p, width);
+            let u_block = MatRef::from_column_major_slice(&u.data[start * q..end * q], q, width);
+            matmul(w_mat.as_mut(), Accum::Add, x_ref, u_block, -1.0, Par::Seq);
+            let xtw_block = faer::MatMut::from_column_major_slice_mut(&mut xtw[local * q..(local + width) * q], q, width);
+            matmul(xtw_block, Accum::Replace, x_ref.transpose(), w_mat.as_ref(), 1.0, Par::Seq);
+
+            // Only blocks with a negative entry in W (or in Y) need the
+            // positive-part correction; on non-negative data most have none.
+            let lift_needed = has_negative_y && y[start * p..end * p].iter().any(|&v| v < 0.0);
+            let any_negative = w_block.iter().fold(f64::INFINITY, |low, &v| low.min(v)) < 0.0;
+            let correction_block = &mut correction[local * q..(local + width) * q];
+            if !any_negative && !lift_needed {
+                correction_block.iter_mut().for_each(|v| *v = 0.0);
+            } else {
+                // delta = max(max(Y, 0) - X U, 0) - (Y - X U), stored over W.
+                for (index, value) in w_block.iter_mut().enumerate() {
+                    let cell = start * p + index;
+                    let lift = if lift_needed { y_positive[cell] - y[cell] } else { 0.0 };
+                    *value = (*value + lift).max(0.0) - *value;
                 }
+                let delta = MatRef::from_column_major_slice(w_block, p, width);
+                let out = faer::MatMut::from_column_major_slice_mut(correction_block, q, width);
+                matmul(out, Accum::Replace, x_ref.transpose(), delta, 1.0, Par::Seq);
             }
-            for (qq, slot) in projected.iter_mut().enumerate() {
-                *slot = x.col(qq).iter().zip(&ystar).map(|(xv, yv)| xv * yv.max(0.0)).sum();
-            }
-            for kk in 0..k {
-                let covariate = a.get(kk, n);
-                for qq in 0..q {
-                    sum.data[qq + q * kk] += projected[qq] * covariate;
-                }
-            }
+            start = end;
+        }
+    });
+}
+
+/// Returns ||Y - X scores||^2, reading Y once in cache-sized blocks.
+fn residual_sum_of_squares(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
+    let (p, q) = (x.rows, x.cols);
+    let block = block_columns(p);
+    let x_ref = x.as_ref();
+    for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
+        let mut r = vec![0.0; p * block];
+        let mut sum = 0.0;
+        let mut start = columns.start;
+        while start < columns.end {
+            let end = (start + block).min(columns.end);
+            let width = end - start;
+            let r_block = &mut r[..p * width];
+            r_block.copy_from_slice(&y[start * p..end * p]);
+            let r_mat = faer::MatMut::from_column_major_slice_mut(r_block, p, width);
+            let s_block = MatRef::from_column_major_slice(&scores.data[start * q..end * q], q, width);
+            matmul(r_mat, Accum::Add, x_ref, s_block, -1.0, Par::Seq);
+            sum += sum_of_squares(r_block);
+            start = end;
         }
         sum
-    });
-    let mut total = Dense::zeros(q, k);
-    for partial in partials {
-        for (t, v) in total.data.iter_mut().zip(&partial.data) {
-            *t += v;
-        }
-    }
-    total
+    })
+    .into_iter()
+    .sum()
 }
 
-/// Computes ||Y - X scores||^2 and, in the same pass over Y, X'Y into `xty`.
-fn residual_and_cross(y: &[f64], p: usize, x: &Dense, scores: &Dense, xty: &mut Dense, threads: usize) -> f64 {
-    let q = x.cols;
-    let ranges = column_chunks(scores.cols, threads, 2 * p * q);
-    // Split X'Y into the same column ranges so that each range writes its own part.
-    let mut pieces: Vec<&mut [f64]> = Vec::with_capacity(ranges.len());
-    let mut rest: &mut [f64] = &mut xty.data;
+/// Splits two column-major buffers with `rows` rows and the same number of
+/// columns into the same contiguous column ranges and runs `body` on each
+/// range and its two slices, in parallel when the work is large.
+fn for_column_pairs_mut(
+    first: &mut [f64],
+    second: &mut [f64],
+    rows: usize,
+    threads: usize,
+    work_per_column: usize,
+    body: impl Fn(std::ops::Range<usize>, &mut [f64], &mut [f64]) + Sync,
+) {
+    let columns = if rows == 0 { 0 } else { first.len() / rows };
+    let ranges = column_chunks(columns, threads, work_per_column);
+    let mut pieces = Vec::with_capacity(ranges.len());
+    let (mut rest_first, mut rest_second) = (first, second);
     for range in &ranges {
-        let (head, tail) = rest.split_at_mut(range.len() * q);
-        pieces.push(head);
-        rest = tail;
+        let (head_first, tail_first) = rest_first.split_at_mut(range.len() * rows);
+        let (head_second, tail_second) = rest_second.split_at_mut(range.len() * rows);
+        pieces.push((head_first, head_second));
+        rest_first = tail_first;
+        rest_second = tail_second;
     }
-    let work = |range: std::ops::Range<usize>, out: &mut [f64]| -> f64 {
-        let mut rss = 0.0;
-        let mut fitted = vec![0.0; p];
-        for (local, n) in range.enumerate() {
-            let y_col = &y[n * p..(n + 1) * p];
-            fitted.iter_mut().for_each(|v| *v = 0.0);
-            for qq in 0..q {
-                let weight = scores.get(qq, n);
-                for (f, xv) in fitted.iter_mut().zip(x.col(qq)) {
-                    *f += xv * weight;
-                }
-            }
-            rss += y_col.iter().zip(&fitted).map(|(yv, f)| (yv - f) * (yv - f)).sum::<f64>();
-            for qq in 0..q {
-                out[local * q + qq] = x.col(qq).iter().zip(y_col).map(|(xv, yv)| xv * yv).sum();
-            }
-        }
-        rss
-    };
     if ranges.len() <= 1 {
-        let range = ranges.into_iter().next().unwrap_or(0..0);
-        return work(range, &mut xty_slice_all(&mut pieces));
+        for (range, (a, b)) in ranges.into_iter().zip(pieces) {
+            body(range, a, b);
+        }
+        return;
     }
     std::thread::scope(|scope| {
-        let work = &work;
-        let mut iter = ranges.into_iter().zip(pieces);
-        let (first_range, first_piece) = iter.next().expect("at least two ranges");
-        let handles: Vec<_> = iter.map(|(range, piece)| scope.spawn(move || work(range, piece))).collect();
-        let mut rss = work(first_range, first_piece);
+        let body = &body;
+        let handles: Vec<_> =
+            ranges.into_iter().zip(pieces).map(|(range, (a, b))| scope.spawn(move || body(range, a, b))).collect();
         for handle in handles {
-            match handle.join() {
-                Ok(value) => rss += value,
-                Err(payload) => std::panic::resume_unwind(payload),
+            if let Err(payload) = handle.join() {
+                std::panic::resume_unwind(payload);
             }
         }
-        rss
-    })
-}
-
-fn xty_slice_all<'s>(pieces: &'s mut [&mut [f64]]) -> &'s mut [f64] {
-    match pieces.first_mut() {
-        Some(piece) => piece,
-        None => &mut [],
-    }
+    });
 }
 
 /// Record of when the cap raised lambda.
@@ -459,15 +505,7 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
     let cap = options.cap.ceiling(n, q);
 
     let mut state = initial_state(data, &y_positive, options)?;
-    let mut work = Workspace {
-        xty: Dense::zeros(q, n),
-        fixed: Dense::zeros(q, n),
-        scratch: Dense::zeros(q, n),
-        gram: Dense::zeros(q, q),
-        ybt: Dense::zeros(p, q),
-        bbt: Dense::zeros(q, q),
-        aat: Dense::zeros(k, k),
-    };
+    let mut work = Workspace::new(p, n, q, k);
     outer_product_sum(&a, &a, &mut work.aat);
     matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
 
@@ -499,26 +537,34 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
                 record.last = Some(iteration);
             }
         }
-        update_random_effects(&mut state, &mut work, &a, lambda)?;
+        update_random_effects(&mut state, &mut work, &a, lambda, par)?;
 
         // X-step: Lee-Seung update against the positive part of the scores.
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
             *b = (f + u).max(0.0);
         }
         matmul(work.ybt.as_mut(), Accum::Replace, y_pos_ref, work.scratch.as_ref().transpose(), 1.0, par);
-        outer_product_sum(&work.scratch, &work.scratch, &mut work.bbt);
-        let mut denominator = Dense::zeros(p, q);
-        product(&state.x, &work.bbt, &mut denominator);
-        for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&denominator.data) {
+        gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
+        product(&state.x, &work.bbt, &mut work.x_denominator);
+        for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
             *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
         }
         normalise(&mut state.x, &mut state.theta, &mut state.u);
 
-        // Theta-step against the data with the random effects removed.
+        // Theta-step against the data with the random effects removed,
+        // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
+        // one W itself.
         cross_product(&state.x, &state.x, &mut work.gram);
+        remove_random_effects(data.y, &y_positive, &state.x, &state.u, &mut work, threads);
         match options.theta_mode {
             ThetaMode::NonNegative => {
-                let numerator = theta_numerator(&y_positive, p, &state.x, &state.u, &a, threads);
+                let mut numerator = Dense::zeros(q, k);
+                product_transposed(&work.xtw, &a, &mut numerator);
+                let mut correction = Dense::zeros(q, k);
+                product_transposed(&work.scratch, &a, &mut correction);
+                for (value, c) in numerator.data.iter_mut().zip(&correction.data) {
+                    *value += c;
+                }
                 let mut gram_theta = Dense::zeros(q, k);
                 product(&work.gram, &state.theta, &mut gram_theta);
                 let mut denominator = Dense::zeros(q, k);
@@ -528,16 +574,21 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
                 }
             }
             ThetaMode::Free => {
-                state.theta = free_theta(data, &state.x, &state.u, &a, &work.gram, &work.aat, par)?;
+                state.theta = free_theta(&work.xtw, &a, &work.gram, &work.aat)?;
             }
         }
 
-        // Residuals at the new parameters; the same pass refreshes X'Y for the next U-step.
-        fixed_scores(&state.theta, &a, &mut work.fixed);
-        for (s, u) in work.fixed.data.iter_mut().zip(&state.u.data) {
-            *s += u;
+        // Residuals at the new parameters. X'Y for the next U-step follows
+        // without another pass over Y: X'Y = X'(Y - X U) + X'X U.
+        fixed_scores(&state.theta, &a, &mut work.fixed, par);
+        for ((s, f), u) in work.scores.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
+            *s = f + u;
         }
-        rss = residual_and_cross(data.y, p, &state.x, &work.fixed, &mut work.xty, threads);
+        rss = residual_sum_of_squares(data.y, &state.x, &work.scores, threads);
+        gemm(&mut work.xty, &work.gram, false, &state.u, false, 1.0, false, par);
+        for (value, w) in work.xty.data.iter_mut().zip(&work.xtw.data) {
+            *value += w;
+        }
 
         // Variance components: sigma2 on a slow schedule, tau2 only without the cap.
         if iteration >= options.sigma2_update_from && iteration % options.sigma2_update_every == 0 {
@@ -596,19 +647,17 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
 /// with one Cholesky factorisation, then centres its rows. Needs `work.gram`
 /// = X'X and `work.xty` = X'Y for the current X; leaves Theta A in
 /// `work.fixed`.
-fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lambda: f64) -> Result<()> {
+fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lambda: f64, par: Par) -> Result<()> {
     let q = state.x.cols;
     let mut ridge = work.gram.clone();
     for i in 0..q {
         ridge.data[i + q * i] += lambda;
     }
     let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
-    fixed_scores(&state.theta, a, &mut work.fixed);
-    product(&work.gram, &work.fixed, &mut work.scratch);
-    for (rhs, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
-        *rhs = xty - *rhs;
-    }
-    cholesky.solve_columns(&mut work.scratch);
+    fixed_scores(&state.theta, a, &mut work.fixed, par);
+    work.scratch.copy_from(&work.xty);
+    gemm(&mut work.scratch, &work.gram, false, &work.fixed, false, -1.0, true, par);
+    cholesky.solve_columns_with(&mut work.scratch, par);
     state.u.copy_from(&work.scratch);
     centre_rows(&mut state.u);
     Ok(())
@@ -618,34 +667,31 @@ fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lam
 /// do not absorb an intercept that belongs in Theta.
 fn centre_rows(u: &mut Dense) {
     let (q, n) = (u.rows, u.cols);
-    for qq in 0..q {
-        let mean = (0..n).map(|j| u.get(qq, j)).sum::<f64>() / n as f64;
-        for j in 0..n {
-            let value = u.get(qq, j) - mean;
-            u.set(qq, j, value);
+    let mut means = vec![0.0; q];
+    for column in u.data.chunks_exact(q) {
+        for (mean, value) in means.iter_mut().zip(column) {
+            *mean += value;
+        }
+    }
+    means.iter_mut().for_each(|mean| *mean /= n as f64);
+    for column in u.data.chunks_exact_mut(q) {
+        for (value, mean) in column.iter_mut().zip(&means) {
+            *value -= mean;
         }
     }
 }
 
-/// Exact least squares `Theta = (X'X)^{-1} X'(Y - XU) A' (AA')^{-1}`.
-fn free_theta(data: &Data<'_>, x: &Dense, u: &Dense, a: &Dense, gram: &Dense, aat: &Dense, par: Par) -> Result<Dense> {
-    let (q, n, k) = (x.cols, data.n, data.k);
-    let mut xty = Dense::zeros(q, n);
-    matmul(xty.as_mut(), Accum::Replace, x.as_ref().transpose(), data.y_ref(), 1.0, par);
-    let mut gu = Dense::zeros(q, n);
-    product(gram, u, &mut gu);
-    for (t, g) in xty.data.iter_mut().zip(&gu.data) {
-        *t -= g;
-    }
-    // middle = X'(Y - XU) A'
+/// Computes `out = left * right'` for `left` (q x n) and `right` (k x n).
+fn product_transposed(left: &Dense, right: &Dense, out: &mut Dense) {
+    gemm(out, left, false, right, true, 1.0, false, Par::Seq);
+}
+
+/// Exact least squares `Theta = (X'X)^{-1} X'(Y - XU) A' (AA')^{-1}`, given
+/// `xtw = X'(Y - XU)`.
+fn free_theta(xtw: &Dense, a: &Dense, gram: &Dense, aat: &Dense) -> Result<Dense> {
+    let (q, k) = (xtw.rows, a.rows);
     let mut middle = Dense::zeros(q, k);
-    let mut at = Dense::zeros(n, k);
-    for j in 0..n {
-        for kk in 0..k {
-            at.set(j, kk, a.get(kk, j));
-        }
-    }
-    product(&xty, &at, &mut middle);
+    product_transposed(xtw, a, &mut middle);
     Cholesky::new(gram, "X'X")?.solve_columns(&mut middle);
     // Right-multiply by (AA')^{-1}: solve AA' Theta' = middle'.
     let mut transposed = Dense::zeros(k, q);
@@ -713,15 +759,7 @@ mod tests {
     }
 
     fn workspace(p: usize, n: usize, q: usize, k: usize) -> Workspace {
-        Workspace {
-            xty: Dense::zeros(q, n),
-            fixed: Dense::zeros(q, n),
-            scratch: Dense::zeros(q, n),
-            gram: Dense::zeros(q, q),
-            ybt: Dense::zeros(p, q),
-            bbt: Dense::zeros(q, q),
-            aat: Dense::zeros(k, k),
-        }
+        Workspace::new(p, n, q, k)
     }
 
     #[test]
@@ -737,7 +775,7 @@ mod tests {
         cross_product(&state.x, &state.x, &mut work.gram);
         cross_product(&state.x, &y_dense, &mut work.xty);
         let lambda = 0.7;
-        update_random_effects(&mut state, &mut work, &a, lambda).unwrap();
+        update_random_effects(&mut state, &mut work, &a, lambda, Par::Seq).unwrap();
 
         // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
         // row means removed, so (X'X + lambda I) U equals the right-hand side

@@ -1,7 +1,8 @@
 //! Small symmetric solves on Q x Q or QK x QK matrices, built on faer's
 //! Cholesky factorisation.
 
-use faer::{Mat, Side};
+use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
+use faer::{Mat, Par, Side};
 
 use crate::dense::Dense;
 use crate::error::{NmfreError, Result};
@@ -45,12 +46,17 @@ impl Cholesky {
         }
     }
 
-    /// Solves for every column of `rhs` (dim x m), in place.
+    /// Solves for every column of `rhs` (dim x m), in place, by blocked
+    /// triangular solves.
     pub fn solve_columns(&self, rhs: &mut Dense) {
-        let size = self.factor.rows;
-        for column in rhs.data.chunks_mut(size) {
-            self.solve_in_place(column);
-        }
+        self.solve_columns_with(rhs, Par::Seq);
+    }
+
+    pub fn solve_columns_with(&self, rhs: &mut Dense, par: Par) {
+        debug_assert_eq!(rhs.rows, self.factor.rows);
+        let l = self.factor.as_ref();
+        solve_lower_triangular_in_place(l, rhs.as_mut(), par);
+        solve_upper_triangular_in_place(l.transpose(), rhs.as_mut(), par);
     }
 
     pub fn inverse(&self) -> Dense {
