@@ -17,6 +17,24 @@
 #'   every iteration that is a multiple of `sigma2_update_every`.
 #' @param update_tau2 When the df cap is off, update tau2 at every iteration
 #'   (`TRUE`) or hold it at `tau2_start` (`FALSE`).
+#' @param polish After the relative-change rule stops the multiplicative
+#'   updates, continue with exact non-negative least-squares solves for the
+#'   rows of X and for Theta (the same fixed points, reached far faster)
+#'   until the scaled projected gradients of X and Theta fall below
+#'   `kkt_tolerance`. Without it the stopping point, and so Theta in its
+#'   third digit, can depend on the seed.
+#' @param kkt_tolerance Tolerance on the stationarity residuals: the
+#'   Frobenius norm of the projected gradient of each block divided by that
+#'   of the gradient's data term, so that one value suits any data scale.
+#' @param polish_variances While polishing, move sigma2 (and tau2 when the
+#'   cap is off) straight to their fixed points `mean(R^2)` and the tau2
+#'   target instead of holding them at the values the damped schedule
+#'   reached. The default holds them, which keeps the ridge penalty of the
+#'   published algorithm.
+#' @param nstart Number of random starts run, in parallel, besides the
+#'   NNDSVDar start. Start s draws X from stream s of the ChaCha20 generator
+#'   seeded with `seed`; the fit with the lowest final objective is kept and
+#'   the spread across starts is recorded in `fit$optimum`.
 #' @param df_cap An absolute ceiling on the random effects' effective degrees
 #'   of freedom dfU. When given, it replaces the ceiling `df_rate * N * Q`.
 #' @param use_cap `FALSE` switches the df cap off; tau2 then follows its own
@@ -57,7 +75,9 @@
 nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
                           sigma2_start = 1, tau2_start = 1,
                           sigma2_update_from = 50, sigma2_update_every = 10,
-                          update_tau2 = TRUE, df_cap = NULL, use_cap = TRUE,
+                          update_tau2 = TRUE, polish = TRUE, kkt_tolerance = 1e-6,
+                          polish_variances = FALSE, nstart = 0,
+                          df_cap = NULL, use_cap = TRUE,
                           start = NULL, basis_prefix = "Basis", threads = NULL,
                           verbose = FALSE, inference = TRUE, B = 500,
                           weights = c("exponential", "rademacher", "mammen", "normal"),
@@ -74,6 +94,10 @@ nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
   check_whole(sigma2_update_from, "sigma2_update_from", min = 0)
   check_whole(sigma2_update_every, "sigma2_update_every", min = 1)
   check_flag(update_tau2, "update_tau2")
+  check_flag(polish, "polish")
+  check_flag(polish_variances, "polish_variances")
+  check_whole(nstart, "nstart", min = 0, max = 10000)
+  check_number(kkt_tolerance, "kkt_tolerance", min = 1e-15, max = 1)
   if (!is.null(df_cap)) check_number(df_cap, "df_cap", min = 1e-8, max = Inf)
   check_flag(use_cap, "use_cap")
   if (!is.null(start) && (!is.list(start) ||
@@ -109,6 +133,8 @@ nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
          sigma2_start = sigma2_start, tau2_start = tau2_start,
          sigma2_update_from = sigma2_update_from,
          sigma2_update_every = sigma2_update_every, update_tau2 = update_tau2,
+         polish = polish, kkt_tolerance = kkt_tolerance,
+         polish_variances = polish_variances, nstart = nstart,
          df_cap = df_cap, use_cap = use_cap, start = start,
          basis_prefix = basis_prefix, threads = threads, verbose = verbose,
          inference = inference, B = B, weights = weights, level = level,

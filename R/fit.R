@@ -41,6 +41,8 @@ fit_options <- function(Y, A, rank, df_rate, theta, control, scale = 1) {
          sigma2_update_from = control$sigma2_update_from,
          sigma2_update_every = control$sigma2_update_every,
          update_tau2 = control$update_tau2,
+         polish = control$polish, kkt_tolerance = control$kkt_tolerance,
+         polish_variances = control$polish_variances, nstart = control$nstart,
          threads = resolve_threads(control$threads, length(Y))),
     cap_options(df_rate, control),
     start_options(control$start, nrow(Y), ncol(Y), nrow(A), rank, scale)
@@ -62,8 +64,10 @@ data_scale <- function(Y) {
 # Puts a fit computed on Y / scale back on Y's scale.
 unscale_raw <- function(raw, scale) {
   if (scale == 1) return(raw)
-  for (name in c("Theta", "U", "fitted")) raw[[name]] <- raw[[name]] * scale
-  for (name in c("sigma2", "tau2", "rss", "objective")) raw[[name]] <- raw[[name]] * scale^2
+  for (name in c("Theta", "U", "fitted", "start_theta")) raw[[name]] <- raw[[name]] * scale
+  for (name in c("sigma2", "tau2", "rss", "objective", "start_objective")) {
+    raw[[name]] <- raw[[name]] * scale^2
+  }
   raw
 }
 
@@ -122,6 +126,7 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
       cap = cap,
       iterations = raw$iterations, converged = raw$converged,
       stop_reason = raw$stop_reason, objective = raw$objective, rss = raw$rss,
+      optimum = optimum_record(raw, Theta),
       fitted = fitted, Y = Y, A = A, rank = rank, theta = theta,
       df_rate = df_rate, control = control, inference = NULL, call = NULL
     ),
@@ -129,7 +134,49 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
   )
 }
 
+# How the optimum was reached and certified: iterations of the published
+# multiplicative phase, stationarity residuals, and the agreement of starts.
+optimum_record <- function(raw, Theta) {
+  record <- list(paper_iterations = raw$paper_iterations, kkt_x = raw$kkt_x,
+                 kkt_theta = raw$kkt_theta, variance_change = raw$variance_change,
+                 starts = NULL, theta_spread = NA_real_, objective_spread = NA_real_)
+  count <- length(raw$start_objective)
+  if (count > 0L) {
+    thetas <- matrix(raw$start_theta, ncol = count)
+    best <- raw$best_start + 1L
+    record$starts <- data.frame(
+      start = seq_len(count) - 1L,
+      kind = c("NNDSVDar", rep("random", count - 1L)),
+      objective = raw$start_objective,
+      converged = raw$start_converged,
+      iterations = raw$start_iterations,
+      chosen = seq_len(count) == best
+    )
+    record$start_theta <- thetas
+    # Spread among converged starts whose objective is within 1e-6 (relative)
+    # of the best: different Theta at an equal objective means the optimum
+    # is not unique.
+    best_objective <- raw$start_objective[best]
+    near <- raw$start_converged &
+      abs(raw$start_objective - best_objective) <= 1e-6 * abs(best_objective)
+    scale <- pmax(abs(thetas[, best]), 1e-8 * max(abs(thetas[, best])))
+    record$theta_spread <- max(abs(thetas[, near, drop = FALSE] - thetas[, best]) / scale)
+    converged <- raw$start_converged
+    record$objective_spread <- if (any(converged)) {
+      (max(raw$start_objective[converged]) - best_objective) / abs(best_objective)
+    } else NA_real_
+  }
+  record
+}
+
 warn_fit_problems <- function(fit) {
+  spread <- fit$optimum$theta_spread
+  if (!is.null(spread) && !is.na(spread) && spread > 1e-3) {
+    warning(sprintf(paste0("Starts reach the same objective with Theta differing by up to ",
+                           "%.2g%% (relative): the optimum is not unique, so Theta is not ",
+                           "identified. Consider a smaller rank."), 100 * spread),
+            call. = FALSE)
+  }
   if (!fit$converged) {
     warning(sprintf(paste0("nmfre did not converge in %d iterations (%s). Increase ",
                            "`maxit` in nmfre_control() or check the data's scale."),

@@ -125,6 +125,10 @@ fn fit_options(options: &Options, p: usize, n: usize, k: usize) -> std::result::
             u: optional_matrix(options, "start_U", rank, n)?,
         },
         threads: options.count("threads")?,
+        polish: options.flag("polish")?,
+        kkt_tolerance: options.real("kkt_tolerance")?,
+        polish_variances: options.flag("polish_variances")?,
+        nstart: options.count("nstart")?,
     })
 }
 
@@ -160,7 +164,16 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
             converged = result.converged(),
             stop_reason = result.stop_reason.describe(),
             rss = result.rss,
-            objective = result.objective
+            objective = result.objective,
+            paper_iterations = result.paper_iterations as f64,
+            kkt_x = result.kkt_x,
+            kkt_theta = result.kkt_theta,
+            variance_change = result.variance_change,
+            start_objective = result.starts.iter().map(|s| s.objective).collect::<Vec<f64>>(),
+            start_converged = result.starts.iter().map(|s| s.converged).collect::<Vec<bool>>(),
+            start_iterations = result.starts.iter().map(|s| s.iterations as f64).collect::<Vec<f64>>(),
+            start_theta = result.starts.iter().flat_map(|s| s.theta.data.iter().copied()).collect::<Vec<f64>>(),
+            best_start = result.best_start as f64
         );
         Ok(list.into())
     })

@@ -16,9 +16,11 @@ pub mod fit;
 pub mod inference;
 pub mod init;
 pub mod linalg;
+pub mod multistart;
+pub mod nnls;
 
 pub use dense::Dense;
 pub use dfcap::CapRule;
 pub use error::{NmfreError, Result};
-pub use fit::{fit, Data, Fit, FitOptions, StartValues, StopReason, ThetaMode};
+pub use fit::{fit, Data, Fit, FitOptions, StartSummary, StartValues, StopReason, ThetaMode};
 pub use inference::{infer, BootstrapOptions, Conditioning, Inference, InferenceOptions, InformationRule, Sigma2Rule, WeightKind};

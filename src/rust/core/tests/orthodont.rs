@@ -27,8 +27,8 @@ fn orthodont_matches_reference_fit() {
     let options = FitOptions { rank: 1, cap: CapRule::Rate(0.21), ..FitOptions::default() };
     let result = fit(&data, &options, &mut || false).unwrap();
     println!(
-        "theta {:?} x {:?} iterations {} dfU {} sigma2 {} tau2 {} lambda {}",
-        result.theta.data, result.x.data, result.iterations, result.dfu, result.sigma2, result.tau2, result.lambda
+        "theta {:?} x {:?} iterations {} dfU {} sigma2 {} tau2 {} lambda {} kkt {} {} var {} last obj {:?}",
+        result.theta.data, result.x.data, result.iterations, result.dfu, result.sigma2, result.tau2, result.lambda, result.kkt_x, result.kkt_theta, result.variance_change, &result.objective[result.objective.len()-3..]
     );
     assert!(result.converged());
     assert!((result.theta.get(0, 0) - 90.50).abs() < 0.05);
@@ -37,6 +37,8 @@ fn orthodont_matches_reference_fit() {
         assert!((got - want).abs() < 0.001, "X entry {got} differs from {want}");
     }
     assert!((result.dfu - 2.1).abs() < 0.2);
+    assert!((200..=260).contains(&result.paper_iterations));
+    assert!(result.kkt_x < 1e-6 && result.kkt_theta < 1e-6);
     assert_eq!(result.cap_hits, 0);
 }
 
