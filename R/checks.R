@@ -135,7 +135,8 @@ check_covariates <- function(A, N, theta) {
   A
 }
 
-check_collinear <- function(A) {
+check_collinear <- function(A, what = "The covariates in `A`",
+                            remedy = "Drop one of them.") {
   gram <- tcrossprod(A)
   decomposition <- eigen(gram, symmetric = TRUE)
   tolerance <- max(dim(A)) * max(decomposition$values, 0) * .Machine$double.eps * 100
@@ -143,9 +144,9 @@ check_collinear <- function(A) {
   if (any(small)) {
     vector <- decomposition$vectors[, which(small)[1]]
     involved <- rownames(A)[abs(vector) > 1e-6]
-    stop(sprintf(paste0("The covariates in `A` are collinear (A A' is singular): ",
-                        "%s are linearly dependent. Drop one of them."),
-                 paste0("'", involved, "'", collapse = ", ")), call. = FALSE)
+    stop(sprintf("%s are collinear (A A' is singular): %s are linearly dependent. %s",
+                 what, paste0("'", involved, "'", collapse = ", "), remedy),
+         call. = FALSE)
   }
 }
 

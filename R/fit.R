@@ -197,8 +197,9 @@ warn_fit_problems <- function(fit) {
                            "variance estimate is unreliable. Rescale Y."),
                     paste(names(at_bound), collapse = " and ")), call. = FALSE)
   }
-  if (fit$theta == "nonneg" && any(fit$Theta <= 1e-9)) {
-    zero <- which(fit$Theta <= 1e-9, arr.ind = TRUE)
+  at_zero <- if (fit$theta == "nonneg") theta_at_lower_bound(fit) else FALSE
+  if (any(at_zero)) {
+    zero <- which(at_zero, arr.ind = TRUE)
     labels <- paste0(rownames(fit$Theta)[zero[, 1]], ":", colnames(fit$Theta)[zero[, 2]])
     warning(sprintf(paste0("Theta is at its lower bound 0 for %s. The data may ",
                            "favour a negative effect, which non-negative Theta cannot ",
@@ -206,4 +207,27 @@ warn_fit_problems <- function(fit) {
                            "reference level) or use theta = \"free\"."),
                     paste(labels, collapse = ", ")), call. = FALSE)
   }
+}
+
+# Flags the Theta entries held at the bound 0. Multiplicative updates reach 0
+# only geometrically, so an effect that the data push below zero ends the fit
+# small but positive, not at the floor. An entry counts as at the bound when
+# its contribution to the latent scores is below 0.1% of the largest score
+# of its basis and the final multiplicative factor X'Ystar A' / (X'X Theta
+# A A') would still shrink it by more than 0.1%.
+theta_at_lower_bound <- function(fit) {
+  Theta <- fit$Theta
+  A <- fit$A
+  X <- fit$X
+  largest_covariate <- apply(abs(A), 1, max)
+  contribution <- sweep(Theta, 2, largest_covariate, `*`)
+  largest_score <- apply(abs(Theta %*% A), 1, max)
+  negligible <- contribution <= 1e-3 * largest_score
+
+  Ystar <- pmax(pmax(fit$Y, 0) - X %*% fit$U, 0)
+  numerator <- crossprod(X, Ystar) %*% t(A)
+  denominator <- crossprod(X) %*% Theta %*% tcrossprod(A)
+  shrinking <- numerator < (1 - 1e-3) * denominator
+
+  (Theta <= 1e-9) | (negligible & shrinking)
 }

@@ -31,5 +31,25 @@
 #'     (`se`, `lower`, `upper`, and `replicates` when kept) and the
 #'     `coefficients` table; see [nmfre_inference()].}
 #' }
+#'
+#' Fits made by the formula method ([nmfre.formula()]) also store:
+#'
+#' \describe{
+#'   \item{`formula`, `data_name`}{The model formula and the deparsed `data`
+#'     argument.}
+#'   \item{`terms`, `contrasts`, `xlevels`}{Terms of the formula's right
+#'     side, the contrasts used and the levels of its factors, which
+#'     [predict.nmfre()] needs to build A for new units.}
+#'   \item{`model`}{The unit-level model frame: one row per unit (named after
+#'     the unit), the variables of the right side.}
+#'   \item{`na_action`}{`NULL`, or the positions of the units dropped for
+#'     missing values, named after them, of class `"omit"` or `"exclude"`.}
+#'   \item{`layout`}{List: `type` (`"wide"` or `"long"`), the `unit` and
+#'     `occasion` formulas, the sorted `occasions` (long layout), and the
+#'     `response` label.}
+#' }
+#'
+#' A fit whose df rate was chosen automatically also stores `dfscan`, the
+#' scan table with columns `rate`, `ratio` and `status`.
 #' @name nmfre-object
 NULL

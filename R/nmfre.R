@@ -6,6 +6,9 @@
 #' Theta (rank x K) holds the effects of the K covariates in A on the latent
 #' scores, and U (rank x N) holds unit-level random effects, estimated as
 #' ridge predictions (BLUPs) with penalty `lambda = sigma2 / tau2`.
+#' Data frames in wide layout (one row per unit) or long layout (one row per
+#' unit and occasion) are fitted through the formula method,
+#' [nmfre.formula()].
 #'
 #' The random effects' effective degrees of freedom,
 #' `dfU = N * sum_q d_q / (d_q + lambda)` with `d_q` the eigenvalues of X'X,
@@ -19,7 +22,8 @@
 #' re-optimisation. See [nmfre_inference()].
 #'
 #' @param Y A non-negative numeric matrix or data frame, P measurements
-#'   (rows) by N units (columns).
+#'   (rows) by N units (columns); or a formula with a `data` argument, see
+#'   [nmfre.formula()].
 #' @param A Covariates, a numeric K x N matrix with one column per unit and
 #'   named rows; `NULL` means an intercept only. A numeric vector of length N
 #'   is taken as one covariate.
@@ -43,6 +47,13 @@
 #' A <- rbind("(Intercept)" = 1, male = male)
 #' fit <- nmfre(Y, A, rank = 1, df_rate = 0.21)
 #' fit
+#'
+#' # The same fit from the long-format data frame.
+#' orthodont <- as.data.frame(Orthodont)
+#' orthodont$Sex <- relevel(factor(orthodont$Sex, ordered = FALSE), "Female")
+#' fit <- nmfre(distance ~ Sex, data = orthodont, unit = ~ Subject,
+#'              occasion = ~ age, rank = 1, df_rate = 0.21)
+#' summary(fit)
 #' @export
 nmfre <- function(Y, ...) {
   UseMethod("nmfre")
@@ -54,6 +65,7 @@ nmfre.default <- function(Y, A = NULL, rank = 2, df_rate = 0.1,
                           theta = c("nonneg", "free"),
                           control = nmfre_control(), ...) {
   call <- match.call()
+  call[[1L]] <- as.name("nmfre")
   check_no_dots(...)
   theta <- match_option(theta, "theta", c("nonneg", "free"))
   control <- check_control(control)
@@ -70,6 +82,7 @@ nmfre.default <- function(Y, A = NULL, rank = 2, df_rate = 0.1,
 #' @export
 nmfre.data.frame <- function(Y, ...) {
   call <- match.call()
+  call[[1L]] <- as.name("nmfre")
   fit <- nmfre.default(check_response(Y), ...)
   fit$call <- call
   fit

@@ -12,3 +12,11 @@ A <- rbind("(Intercept)" = 1, male = male)
 
 fit <- nmfre(Y, A, rank = 1, df_rate = 0.21)
 print(fit)
+
+# The same model from the long-format data frame. Female is made the
+# reference level because non-negative Theta cannot hold the negative
+# effect that a Male reference level would give girls.
+orthodont$Sex <- relevel(factor(orthodont$Sex, ordered = FALSE), "Female")
+fit <- nmfre(distance ~ Sex, data = orthodont, unit = ~ Subject, occasion = ~ age,
+             rank = 1, df_rate = 0.21)
+print(summary(fit))

@@ -30,3 +30,46 @@ expect_within <- function(actual, expected, tolerance) {
   expect_lte(difference, tolerance,
              label = sprintf("max |%s - expected|", deparse(substitute(actual))))
 }
+
+# Orthodont in long layout, one row per child and age, with Female as the
+# reference level of Sex so that the model matrix is (intercept, male).
+orthodont_long <- function() {
+  orthodont <- as.data.frame(nlme::Orthodont)
+  orthodont$Sex <- relevel(factor(orthodont$Sex, ordered = FALSE), "Female")
+  orthodont
+}
+
+# Holzinger and Swineford (1939), 301 pupils (lavaan): tests x1..x9 and three
+# covariates, each min-max scaled to [0, 1]: reversed age (oldest pupil 0),
+# a girls indicator and a Grant-White school indicator.
+holzinger_swineford <- function() {
+  pupils <- lavaan::HolzingerSwineford1939
+  scale01 <- function(v) (v - min(v)) / (max(v) - min(v))
+  age <- pupils$ageyr + pupils$agemo / 12
+  pupils$age_rev <- scale01(max(age) - age)
+  pupils$girl <- scale01(as.numeric(pupils$sex == 2))
+  pupils$grant_white <- scale01(as.numeric(pupils$school == "Grant-White"))
+  pupils
+}
+
+# Wide data: N units, a three-level factor `group` and a covariate `z` in
+# [0, 1]; measurements x1..x4 load on one latent score.
+simulate_wide <- function(N = 40, seed = 1) {
+  set.seed(seed)
+  units <- data.frame(group = factor(rep(c("a", "b", "c"), length.out = N)),
+                      z = round(runif(N), 3))
+  scores <- 20 + 4 * (units$group == "b") + 8 * (units$group == "c") +
+    6 * units$z + rnorm(N)
+  loadings <- c(0.1, 0.2, 0.3, 0.4)
+  for (p in seq_along(loadings)) {
+    units[[paste0("x", p)]] <- pmax(loadings[p] * scores + rnorm(N, sd = 0.3), 0)
+  }
+  units
+}
+
+# The wide data's Y as P x N, the layout of the matrix method.
+wide_matrix <- function(units) {
+  t(as.matrix(units[paste0("x", 1:4)]))
+}
+
+quiet <- function() nmfre_control(inference = FALSE)
