@@ -61,7 +61,8 @@ reference_cap_value <- function(cap, cap_value, N, Q) {
 # where dfU does not exceed `cap`. dfU decreases in lambda: bracket the root
 # by multiplying lambda by 10 (from 1e-6 when lambda is 0) until dfU is at
 # or below the cap, then bisect until the bracket is narrower than 1e-8.
-# The upper end of the final bracket is returned, so dfU <= cap.
+# The upper end of the final bracket is returned, so dfU <= cap, unless
+# even lambda = 1e12 leaves dfU above the cap; then 1e12 is returned.
 reference_raise_lambda <- function(eigenvalues, lambda, N, cap) {
   df <- function(value) reference_effective_df(eigenvalues, value, N)
   if (df(lambda) <= cap) return(lambda)

@@ -147,3 +147,19 @@ test_that("Rust inference equals oracle: every variance and information rule", {
     }
   }
 })
+
+test_that("Rust scores equal oracle scores", {
+  # The scores drive the bootstrap but are not part of the fit object, so
+  # they are read from the internal call into the core.
+  d <- simulate_nmfre(P = 6, N = 40, Q = 2, K = 2, seed = 11)
+  fit <- fit_both(d$Y, d$A, reference_start(6, 40, 2, 2, seed = 3))$rust
+  fitted <- list(rank = 2, X = as.double(fit$X), Theta = as.double(fit$Theta),
+                 U = as.double(fit$U), lambda = fit$lambda)
+  options <- list(sigma2_rule = "corrected", information = "corrected", B = 0,
+                  weights = "exponential", boot_seed = 1, project = TRUE,
+                  level = 0.95, threads = 1L)
+  rust <- nmfre:::rust_infer(d$Y, d$A, fitted, options)
+  reference <- reference_inference(d$Y, d$A, fit$X, fit$Theta, fit$U, fit$lambda)
+  expect_identical(dim(rust$scores), c(40L, 4L))
+  expect_relative(rust$scores, reference$scores, label = "scores")
+})
