@@ -1,13 +1,14 @@
 #!/bin/sh
 # Install the system packages that building, testing and demonstrating nmfre
 # need on Debian 12: R with its development headers, the R packages named in
-# DESCRIPTION, and pandoc for the vignettes. Cargo and rustc are not installed
+# DESCRIPTION, pandoc for the vignettes and GNU time (/usr/bin/time) for the
+# memory figures of inst/bench/scaling.R. Cargo and rustc are not installed
 # here; they come from rustup (https://rustup.rs).
 set -eu
 
 packages="r-base-dev r-cran-testthat r-cran-knitr r-cran-rmarkdown pandoc
 r-cran-roxygen2 r-cran-nlme r-cran-lme4 r-cran-lavaan r-cran-generics
-r-cran-broom r-cran-cli r-cran-bench r-cran-ggplot2 qpdf"
+r-cran-broom r-cran-cli r-cran-bench r-cran-ggplot2 qpdf time"
 
 missing=""
 for package in $packages; do

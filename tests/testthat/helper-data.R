@@ -73,3 +73,20 @@ wide_matrix <- function(units) {
 }
 
 quiet <- function() nmfre_control(inference = FALSE)
+
+# Draws a P x N problem Y = X (Theta A + U) + E with a known non-negative
+# basis X (unit column sums), Theta in [5, 15], A = intercept plus K - 1
+# uniform(0, 1) covariates, U ~ N(0, tau2) and E ~ N(0, sigma2); negative
+# cells of Y are set to 0.
+simulate_nmfre <- function(P, N, Q, K, seed, sigma2 = 0.25, tau2 = 1) {
+  set.seed(seed)
+  X <- matrix(runif(P * Q), P, Q)
+  X <- sweep(X, 2, colSums(X), "/")
+  Theta <- matrix(runif(Q * K, 5, 15), Q, K)
+  A <- rbind("(Intercept)" = 1,
+             matrix(runif((K - 1) * N), K - 1, N,
+                    dimnames = list(paste0("a", seq_len(K - 1)), NULL)))
+  U <- matrix(rnorm(Q * N, sd = sqrt(tau2)), Q, N)
+  Y <- X %*% (Theta %*% A + U) + matrix(rnorm(P * N, sd = sqrt(sigma2)), P, N)
+  list(Y = pmax(Y, 0), A = A, X = X, Theta = Theta)
+}
