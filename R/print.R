@@ -45,6 +45,25 @@ format_number <- function(x, digits = 4) format(signif(x, digits), trim = TRUE)
               format_number(objective, 8), status, iterations, stop_reason))
 }
 
+# How the optimum was certified: the phases of the loop, the stationarity
+# residuals and, with several starts, how far they agree.
+.prt_optimum <- function(optimum, iterations) {
+  if (is.null(optimum)) return(invisible())
+  polished <- iterations - optimum$paper_iterations
+  cat(sprintf("Optimum: %d multiplicative + %d polishing iterations; KKT residuals X %s, Theta %s\n",
+              optimum$paper_iterations, polished, format(signif(optimum$kkt_x, 2)),
+              format(signif(optimum$kkt_theta, 2))))
+  starts <- optimum$starts
+  if (!is.null(starts)) {
+    converged <- sum(starts$converged)
+    cat(sprintf(paste0("Starts: %d (%d converged); chosen: %s start %d; objectives up to ",
+                       "%s above the best (relative); Theta spread at the best objective %s\n"),
+                nrow(starts), converged, starts$kind[starts$chosen], starts$start[starts$chosen],
+                format(signif(optimum$objective_spread, 2)),
+                format(signif(optimum$theta_spread, 2))))
+  }
+}
+
 .prt_warnings <- function(warnings) {
   for (text in warnings) {
     cat(strwrap(text, width = 0.9 * getOption("width"), prefix = "  ",

@@ -48,6 +48,7 @@ summary.nmfre <- function(object, ...) {
       convergence = list(iterations = object$iterations, converged = object$converged,
                          stop_reason = object$stop_reason,
                          objective = utils::tail(object$objective, 1)),
+      optimum = object$optimum,
       warnings = fit_warnings(object),
       residuals = scaled_residual_quantiles(object),
       varcor = VarCorr(object), lambda = object$lambda,
@@ -120,6 +121,7 @@ print.summary.nmfre <- function(x, digits = max(3L, getOption("digits") - 3L),
   cat("\n")
   .prt_convergence(x$convergence$iterations, x$convergence$converged,
                    x$convergence$stop_reason, x$convergence$objective)
+  .prt_optimum(x$optimum, x$convergence$iterations)
   .prt_warnings(x$warnings)
   cat("\n")
   .prt_resids(x$residuals, digits)

@@ -193,11 +193,12 @@ pub struct Fit {
     pub objective: Vec<f64>,
     /// Iterations of the multiplicative (paper's) phase; the rest polished.
     pub paper_iterations: usize,
-    /// Scaled projected-gradient norm for X at the last iteration: the
-    /// Frobenius norm of the projected gradient of ||max(Y,0) - X B||^2
-    /// divided by that of max(Y,0) B'.
+    /// Stationarity residual of X entering the last X-step: the scaled
+    /// projected gradient of ||max(Y,0) - X B||^2 at the current scores B,
+    /// after the per-column rescaling that normalisation absorbs.
     pub kkt_x: f64,
-    /// The same for Theta against X' max(max(Y,0) - X U, 0) A'.
+    /// The same for Theta entering the last Theta-step, against
+    /// X' max(max(Y,0) - X U, 0) A'.
     pub kkt_theta: f64,
     /// Largest relative change of sigma2 or tau2 at their last update.
     pub variance_change: f64,
@@ -607,16 +608,17 @@ pub(crate) fn fit_from(
         }
         matmul(work.ybt.as_mut(), Accum::Replace, y_pos_ref, work.scratch.as_ref().transpose(), 1.0, par);
         gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
+        // Stationarity of the incoming X against the current scores: zero
+        // exactly when the update would leave X where it is.
+        product(&state.x, &work.bbt, &mut work.x_denominator);
+        kkt_x = stationarity_residual(&state.x, &work.x_denominator, &work.ybt, true);
         if polishing {
             solve_basis_rows(&mut state.x, &work.bbt, &work.ybt);
         } else {
-            product(&state.x, &work.bbt, &mut work.x_denominator);
             for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
                 *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
             }
         }
-        product(&state.x, &work.bbt, &mut work.x_denominator);
-        kkt_x = projected_gradient_norm(&state.x, &work.x_denominator, &work.ybt);
         normalise(&mut state.x, &mut state.theta, &mut state.u);
 
         // Theta-step against the data with the random effects removed,
@@ -633,17 +635,16 @@ pub(crate) fn fit_from(
                 for (value, c) in numerator.data.iter_mut().zip(&correction.data) {
                     *value += c;
                 }
+                let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
+                kkt_theta = stationarity_residual(&state.theta, &denominator, &numerator, false);
                 if polishing {
                     let hessian = kronecker(&work.aat, &work.gram);
                     state.theta.data = nnls_gram(&hessian, &numerator.data, EPS, &state.theta.data);
                 } else {
-                    let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
                     for ((t, num), den) in state.theta.data.iter_mut().zip(&numerator.data).zip(&denominator.data) {
                         *t = (*t * safe_divide(*num, *den, EPS)).max(EPS);
                     }
                 }
-                let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
-                kkt_theta = projected_gradient_norm(&state.theta, &denominator, &numerator);
             }
             ThetaMode::Free => {
                 state.theta = free_theta(&work.xtw, &a, &work.gram, &work.aat)?;
@@ -804,16 +805,41 @@ fn kronecker(outer: &Dense, inner: &Dense) -> Dense {
 }
 
 /// Measures stationarity of a block `value >= EPS` whose half-gradient is
-/// `positive_part - negative_part`: the norm of the projected gradient (the
-/// gradient, with its positive part dropped where the value sits on the
-/// floor) relative to the norm of `negative_part`, so that one tolerance
-/// serves data of any scale.
-fn projected_gradient_norm(value: &Dense, positive_part: &Dense, negative_part: &Dense) -> f64 {
+/// `positive_part - negative_part`, up to the scale that normalisation moves
+/// between X and (Theta, U).
+///
+/// Normalising X's columns to sum 1 rescales each column of X, and the
+/// matching rows of Theta and U, every iteration, so at a fixed point the
+/// gradient of a block vanishes only after each group (a column of X, a row
+/// of Theta) is rescaled: `c * positive_part - negative_part` with the
+/// least-squares `c` over the group's free entries. The result is the norm
+/// of that projected gradient (its positive part dropped where the value is
+/// on the floor) relative to the norm of `negative_part`, so that one
+/// tolerance suits data of any scale. Groups are columns when
+/// `group_by_column`, rows otherwise.
+fn stationarity_residual(value: &Dense, positive_part: &Dense, negative_part: &Dense, group_by_column: bool) -> f64 {
+    let (rows, cols) = (value.rows, value.cols);
+    let groups = if group_by_column { cols } else { rows };
+    let members = if group_by_column { rows } else { cols };
+    let index = |group: usize, member: usize| if group_by_column { member + rows * group } else { group + rows * member };
+    let on_floor = |v: f64| v <= EPS * (1.0 + 1e-9);
     let mut squared = 0.0;
-    for ((v, plus), minus) in value.data.iter().zip(&positive_part.data).zip(&negative_part.data) {
-        let gradient = plus - minus;
-        let projected = if *v <= EPS * (1.0 + 1e-9) { gradient.min(0.0) } else { gradient };
-        squared += projected * projected;
+    for group in 0..groups {
+        let (mut dot, mut norm) = (0.0, 0.0);
+        for member in 0..members {
+            let i = index(group, member);
+            if !on_floor(value.data[i]) {
+                dot += positive_part.data[i] * negative_part.data[i];
+                norm += positive_part.data[i] * positive_part.data[i];
+            }
+        }
+        let scale = if norm > 0.0 { dot / norm } else { 1.0 };
+        for member in 0..members {
+            let i = index(group, member);
+            let gradient = scale * positive_part.data[i] - negative_part.data[i];
+            let projected = if on_floor(value.data[i]) { gradient.min(0.0) } else { gradient };
+            squared += projected * projected;
+        }
     }
     let reference = negative_part.squared_norm().sqrt();
     if reference > 0.0 {
