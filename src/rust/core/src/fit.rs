@@ -611,7 +611,7 @@ pub(crate) fn fit_from(
         // Stationarity of the incoming X against the current scores: zero
         // exactly when the update would leave X where it is.
         product(&state.x, &work.bbt, &mut work.x_denominator);
-        kkt_x = stationarity_residual(&state.x, &work.x_denominator, &work.ybt, true);
+        kkt_x = stationarity_residual(&state.x, &basis_parts_of_x_gradient(&state.x, &work.bbt), &work.ybt);
         if polishing {
             solve_basis_rows(&mut state.x, &work.bbt, &work.ybt);
         } else {
@@ -636,7 +636,11 @@ pub(crate) fn fit_from(
                     *value += c;
                 }
                 let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
-                kkt_theta = stationarity_residual(&state.theta, &denominator, &numerator, false);
+                kkt_theta = stationarity_residual(
+                    &state.theta,
+                    &basis_parts_of_theta_gradient(&work.gram, &state.theta, &work.aat),
+                    &numerator,
+                );
                 if polishing {
                     let hessian = kronecker(&work.aat, &work.gram);
                     state.theta.data = nnls_gram(&hessian, &numerator.data, EPS, &state.theta.data);
@@ -805,41 +809,53 @@ fn kronecker(outer: &Dense, inner: &Dense) -> Dense {
 }
 
 /// Measures stationarity of a block `value >= EPS` whose half-gradient is
-/// `positive_part - negative_part`, up to the scale that normalisation moves
-/// between X and (Theta, U).
+/// `sum_q contributions[q] - negative_part`, up to the rescaling that
+/// normalisation moves between X and (Theta, U).
 ///
-/// Normalising X's columns to sum 1 rescales each column of X, and the
-/// matching rows of Theta and U, every iteration, so at a fixed point the
-/// gradient of a block vanishes only after each group (a column of X, a row
-/// of Theta) is rescaled: `c * positive_part - negative_part` with the
-/// least-squares `c` over the group's free entries. The result is the norm
-/// of that projected gradient (its positive part dropped where the value is
-/// on the floor) relative to the norm of `negative_part`, so that one
-/// tolerance suits data of any scale. Groups are columns when
-/// `group_by_column`, rows otherwise.
-fn stationarity_residual(value: &Dense, positive_part: &Dense, negative_part: &Dense, group_by_column: bool) -> f64 {
-    let (rows, cols) = (value.rows, value.cols);
-    let groups = if group_by_column { cols } else { rows };
-    let members = if group_by_column { rows } else { cols };
-    let index = |group: usize, member: usize| if group_by_column { member + rows * group } else { group + rows * member };
-    let on_floor = |v: f64| v <= EPS * (1.0 + 1e-9);
-    let mut squared = 0.0;
-    for group in 0..groups {
-        let (mut dot, mut norm) = (0.0, 0.0);
-        for member in 0..members {
-            let i = index(group, member);
-            if !on_floor(value.data[i]) {
-                dot += positive_part.data[i] * negative_part.data[i];
-                norm += positive_part.data[i] * positive_part.data[i];
+/// Normalising X's columns to sum 1 rescales basis q in X, Theta and U by a
+/// factor every iteration, so at a fixed point the gradient vanishes only
+/// after each basis's part of the gradient, `contributions[q]`, is rescaled:
+/// `sum_q c_q contributions[q] - negative_part` with `c` fitted by least
+/// squares over the entries off the floor. The result is the norm of that
+/// projected gradient (its positive part dropped on the floor) relative to
+/// the norm of `negative_part`, so that one tolerance suits any data scale.
+fn stationarity_residual(value: &Dense, contributions: &[Dense], negative_part: &Dense) -> f64 {
+    // Normalisation rescales a value on the floor by the column sum of X,
+    // which is near 1 close to a fixed point; 1.5 EPS still marks it.
+    let on_floor = |v: f64| v <= 1.5 * EPS;
+    let q = contributions.len();
+    let mut normal = Dense::zeros(q, q);
+    let mut rhs = vec![0.0; q];
+    for i in 0..value.data.len() {
+        if on_floor(value.data[i]) {
+            continue;
+        }
+        for a in 0..q {
+            let ma = contributions[a].data[i];
+            rhs[a] += ma * negative_part.data[i];
+            for b in 0..q {
+                normal.data[a + q * b] += ma * contributions[b].data[i];
             }
         }
-        let scale = if norm > 0.0 { dot / norm } else { 1.0 };
-        for member in 0..members {
-            let i = index(group, member);
-            let gradient = scale * positive_part.data[i] - negative_part.data[i];
-            let projected = if on_floor(value.data[i]) { gradient.min(0.0) } else { gradient };
-            squared += projected * projected;
+    }
+    // Scales that cannot be fitted (a basis with no free entry) stay at 1.
+    let mut scale = vec![1.0; q];
+    for a in 0..q {
+        normal.data[a + q * a] += 1e-14 * normal.data[a + q * a].abs().max(f64::MIN_POSITIVE);
+    }
+    if let Ok(cholesky) = Cholesky::new(&normal, "the rescaling normal equations") {
+        cholesky.solve_in_place(&mut rhs);
+        for (s, r) in scale.iter_mut().zip(&rhs) {
+            if r.is_finite() && *r > 0.0 {
+                *s = *r;
+            }
         }
+    }
+    let mut squared = 0.0;
+    for i in 0..value.data.len() {
+        let gradient: f64 = (0..q).map(|a| scale[a] * contributions[a].data[i]).sum::<f64>() - negative_part.data[i];
+        let projected = if on_floor(value.data[i]) { gradient.min(0.0) } else { gradient };
+        squared += projected * projected;
     }
     let reference = negative_part.squared_norm().sqrt();
     if reference > 0.0 {
@@ -847,6 +863,43 @@ fn stationarity_residual(value: &Dense, positive_part: &Dense, negative_part: &D
     } else {
         squared.sqrt()
     }
+}
+
+/// Splits `X B B'` into the parts of each basis: part q is X[:, q] B_q B'.
+fn basis_parts_of_x_gradient(x: &Dense, bbt: &Dense) -> Vec<Dense> {
+    let (p, q) = (x.rows, x.cols);
+    (0..q)
+        .map(|basis| {
+            let mut part = Dense::zeros(p, q);
+            for j in 0..q {
+                let weight = bbt.get(basis, j);
+                for i in 0..p {
+                    part.set(i, j, x.get(i, basis) * weight);
+                }
+            }
+            part
+        })
+        .collect()
+}
+
+/// Splits `X'X Theta A A'` into the parts of each basis: part q is
+/// (X'X)[:, q] (Theta A A')[q, :].
+fn basis_parts_of_theta_gradient(gram: &Dense, theta: &Dense, aat: &Dense) -> Vec<Dense> {
+    let (q, k) = (theta.rows, theta.cols);
+    let mut theta_aat = Dense::zeros(q, k);
+    product(theta, aat, &mut theta_aat);
+    (0..q)
+        .map(|basis| {
+            let mut part = Dense::zeros(q, k);
+            for kk in 0..k {
+                let weight = theta_aat.get(basis, kk);
+                for row in 0..q {
+                    part.set(row, kk, gram.get(row, basis) * weight);
+                }
+            }
+            part
+        })
+        .collect()
 }
 
 /// Replaces each row of X by the exact solution of its non-negative least
