@@ -72,14 +72,21 @@ check_response <- function(Y, name = "Y") {
     stop(sprintf("`%s` must be a numeric matrix (P measurements x N units), not %s.",
                  name, class(Y)[1]), call. = FALSE)
   }
-  storage.mode(Y) <- "double"
-  check_finite(Y, name)
-  if (any(Y < 0)) {
-    first <- which(Y < 0, arr.ind = TRUE)[1, ]
+  # One pass in Rust instead of logical temporaries the size of Y.
+  if (!is.double(Y)) storage.mode(Y) <- "double"
+  scan <- rust_scan(Y)
+  if (scan$nonfinite > 0) {
+    first <- arrayInd(scan$first_nonfinite, dim(Y))
+    stop(sprintf(paste0("`%s` has %d missing or non-finite values (NA, NaN or Inf); ",
+                        "the first is at row %d, column %d. Remove or impute them."),
+                 name, scan$nonfinite, first[1], first[2]), call. = FALSE)
+  }
+  if (scan$negative > 0) {
+    first <- arrayInd(scan$first_negative, dim(Y))
     stop(sprintf(paste0("`%s` has %d negative entries (the first at row %d, ",
                         "column %d); NMF-RE needs non-negative data. Shift or ",
                         "rescale the measurements."),
-                 name, sum(Y < 0), first[1], first[2]), call. = FALSE)
+                 name, scan$negative, first[1], first[2]), call. = FALSE)
   }
   if (ncol(Y) < 2L) {
     stop(sprintf("`%s` must have at least 2 units (columns), not %d.", name, ncol(Y)),
@@ -88,7 +95,7 @@ check_response <- function(Y, name = "Y") {
   if (nrow(Y) < 1L) {
     stop(sprintf("`%s` must have at least one measurement (row).", name), call. = FALSE)
   }
-  if (all(Y == 0)) {
+  if (scan$zeros == length(Y)) {
     stop(sprintf("`%s` is all zero, so there is nothing to factorise.", name),
          call. = FALSE)
   }

@@ -56,7 +56,7 @@ basis_names <- function(rank, prefix) paste0(prefix, seq_len(rank))
 # the algorithm would distort or overflow the fit, and 1 otherwise. A power
 # of 2 divides without rounding.
 data_scale <- function(Y) {
-  level <- mean(Y / max(Y)) * max(Y)
+  level <- rust_scan(Y)$mean
   if (level >= 1e-6 && level <= 1e6) return(1)
   2^round(log2(level))
 }
@@ -64,7 +64,7 @@ data_scale <- function(Y) {
 # Puts a fit computed on Y / scale back on Y's scale.
 unscale_raw <- function(raw, scale) {
   if (scale == 1) return(raw)
-  for (name in c("Theta", "U", "fitted", "start_theta")) raw[[name]] <- raw[[name]] * scale
+  for (name in c("Theta", "U", "start_theta")) raw[[name]] <- raw[[name]] * scale
   for (name in c("sigma2", "tau2", "rss", "objective", "start_objective")) {
     raw[[name]] <- raw[[name]] * scale^2
   }
@@ -103,7 +103,7 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
   dimnames(Theta) <- list(bases, covariates)
   U <- raw$U
   dimnames(U) <- list(bases, units)
-  fitted <- raw$fitted
+  fitted <- X %*% (Theta %*% A + U)
   dimnames(fitted) <- dimnames(Y)
 
   cap_value <- raw$cap

@@ -21,3 +21,7 @@ rust_fit <- function(Y, A, options) {
 rust_infer <- function(Y, A, fitted, options) {
   call_rust(wrap__nmfre_infer_rust, Y, nrow(Y), ncol(Y), A, nrow(A), fitted, options)
 }
+
+rust_scan <- function(values) {
+  call_rust(wrap__nmfre_scan_rust, values)
+}

@@ -142,7 +142,6 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
         let settings = fit_options(&options, p, n, k)?;
         let mut poller = InterruptPoller::new();
         let result = fit(&data, &settings, &mut || poller.poll()).map_err(core_error)?;
-        let fitted = result.fitted(&data);
         let optional_iteration = |value: Option<usize>| -> Robj {
             value.map(|v| Robj::from(v as f64)).unwrap_or_else(|| Robj::from(Rfloat::na()))
         };
@@ -151,7 +150,6 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
             X = matrix_robj(&result.x),
             Theta = matrix_robj(&result.theta),
             U = matrix_robj(&result.u),
-            fitted = matrix_robj(&fitted),
             sigma2 = result.sigma2,
             tau2 = result.tau2,
             lambda = result.lambda,
@@ -253,8 +251,30 @@ fn nmfre_infer_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, fitted: List, opti
     })
 }
 
+/// Counts non-finite, negative and zero values of a double vector and
+/// returns their first positions (1-based), its maximum and mean.
+#[extendr]
+fn nmfre_scan_rust(values: Robj) -> Robj {
+    guarded(|| {
+        let summary = nmfre_core::dense::summarise_values(real_slice(&values, "values")?);
+        let position = |index: Option<usize>| index.map(|i| (i + 1) as f64).unwrap_or(0.0);
+        Ok(list!(
+            ok = true,
+            nonfinite = summary.nonfinite as f64,
+            first_nonfinite = position(summary.first_nonfinite),
+            negative = summary.negative as f64,
+            first_negative = position(summary.first_negative),
+            zeros = summary.zeros as f64,
+            max = summary.max,
+            mean = summary.mean
+        )
+        .into())
+    })
+}
+
 extendr_module! {
     mod nmfre;
+    fn nmfre_scan_rust;
     fn nmfre_fit_rust;
     fn nmfre_infer_rust;
 }

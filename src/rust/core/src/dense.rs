@@ -105,6 +105,55 @@ pub fn sum_of_squares(values: &[f64]) -> f64 {
     total
 }
 
+/// Counts and locations that input checks need, gathered in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueSummary {
+    pub nonfinite: usize,
+    /// Index of the first NA, NaN or infinite value.
+    pub first_nonfinite: Option<usize>,
+    pub negative: usize,
+    pub first_negative: Option<usize>,
+    pub zeros: usize,
+    /// Largest finite value, or -infinity when there is none.
+    pub max: f64,
+    /// Mean of the finite values, or 0 when there is none.
+    pub mean: f64,
+}
+
+/// Scans `values` once, without allocating, for the input checks.
+pub fn summarise_values(values: &[f64]) -> ValueSummary {
+    let mut summary = ValueSummary {
+        nonfinite: 0,
+        first_nonfinite: None,
+        negative: 0,
+        first_negative: None,
+        zeros: 0,
+        max: f64::NEG_INFINITY,
+        mean: 0.0,
+    };
+    // A running mean, updated in two halves so that no step overflows or
+    // underflows for any finite values.
+    let mut finite = 0usize;
+    for (index, &value) in values.iter().enumerate() {
+        if !value.is_finite() {
+            summary.nonfinite += 1;
+            summary.first_nonfinite.get_or_insert(index);
+            continue;
+        }
+        finite += 1;
+        if value < 0.0 {
+            summary.negative += 1;
+            summary.first_negative.get_or_insert(index);
+        } else if value == 0.0 {
+            summary.zeros += 1;
+        }
+        summary.max = summary.max.max(value);
+        let count = finite as f64;
+        summary.mean += value / count - summary.mean / count;
+    }
+    summary
+}
+
 /// Divides `numerator` by `max(denominator, floor)`; a non-finite result becomes 0.
 #[inline]
 pub fn safe_divide(numerator: f64, denominator: f64, floor: f64) -> f64 {
@@ -207,6 +256,22 @@ mod tests {
         let mut outer = Dense::zeros(2, 2);
         outer_product_sum(&a, &a, &mut outer); // a a'
         assert_eq!(outer.data, vec![10.0, 14.0, 14.0, 20.0]);
+    }
+
+    #[test]
+    fn summary_counts_and_locates() {
+        let summary = summarise_values(&[1.0, f64::NAN, -2.0, 0.0, f64::INFINITY, 3.0, -1.0]);
+        assert_eq!(summary.nonfinite, 2);
+        assert_eq!(summary.first_nonfinite, Some(1));
+        assert_eq!(summary.negative, 2);
+        assert_eq!(summary.first_negative, Some(2));
+        assert_eq!(summary.zeros, 1);
+        assert_eq!(summary.max, 3.0);
+        assert!((summary.mean - 0.2).abs() < 1e-12);
+        let huge = summarise_values(&[1e308, 1e308]);
+        assert!((huge.mean / 1e308 - 1.0).abs() < 1e-12);
+        let tiny = summarise_values(&[1e-300, 3e-300]);
+        assert!((tiny.mean / 2e-300 - 1.0).abs() < 1e-12);
     }
 
     #[test]
