@@ -1,5 +1,5 @@
 # Native routines registered by the Rust bridge (src/rust/bridge). They are
-# called only through call_rust(), which turns their error lists into R
-# errors.
+# called only through the rust_* wrappers in rust.R, which turn their error
+# lists into R errors.
 #' @useDynLib nmfre, .registration = TRUE
 NULL
