@@ -223,7 +223,9 @@ theta_at_lower_bound <- function(fit) {
   contribution <- sweep(Theta, 2, largest_covariate, `*`)
   largest_score <- apply(abs(Theta %*% A), 1, max)
   negligible <- contribution <= 1e-3 * largest_score
+  if (!any(negligible)) return(Theta <= 1e-9)
 
+  # Only reached when some effect is negligible: Ystar is as large as Y.
   Ystar <- pmax(pmax(fit$Y, 0) - X %*% fit$U, 0)
   numerator <- crossprod(X, Ystar) %*% t(A)
   denominator <- crossprod(X) %*% Theta %*% tcrossprod(A)

@@ -250,14 +250,12 @@ pub(crate) struct State {
 struct Workspace {
     /// X'Y for the current X (Q x N).
     xty: Dense,
-    /// Theta A (Q x N).
+    /// Theta A (Q x N), or Theta A + U after the Theta-step.
     fixed: Dense,
     /// Right-hand side of the U-step, then positive part of Theta A + U (Q x N).
     scratch: Dense,
     /// X'(Y - X U) after the X-step (Q x N).
     xtw: Dense,
-    /// Theta A + U (Q x N).
-    scores: Dense,
     gram: Dense,
     ybt: Dense,
     bbt: Dense,
@@ -272,7 +270,6 @@ impl Workspace {
             fixed: Dense::zeros(q, n),
             scratch: Dense::zeros(q, n),
             xtw: Dense::zeros(q, n),
-            scores: Dense::zeros(q, n),
             gram: Dense::zeros(q, q),
             ybt: Dense::zeros(p, q),
             bbt: Dense::zeros(q, q),
@@ -658,11 +655,12 @@ pub(crate) fn fit_from(
 
         // Residuals at the new parameters. X'Y for the next U-step follows
         // without another pass over Y: X'Y = X'(Y - X U) + X'X U.
+        // `fixed` becomes Theta A + U here; the next U-step recomputes Theta A.
         fixed_scores(&state.theta, &a, &mut work.fixed, par);
-        for ((s, f), u) in work.scores.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
-            *s = f + u;
+        for (f, u) in work.fixed.data.iter_mut().zip(&state.u.data) {
+            *f += u;
         }
-        rss = residual_sum_of_squares(data.y, &state.x, &work.scores, threads);
+        rss = residual_sum_of_squares(data.y, &state.x, &work.fixed, threads);
         gemm(&mut work.xty, &work.gram, false, &state.u, false, 1.0, false, par);
         for (value, w) in work.xty.data.iter_mut().zip(&work.xtw.data) {
             *value += w;
