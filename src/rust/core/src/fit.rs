@@ -190,6 +190,20 @@ impl Fit {
         product(&self.x, &scores, &mut out);
         out
     }
+
+    /// Computes the trace-based intraclass correlation
+    /// `tau2 tr(X'X) / (tau2 tr(X'X) + sigma2 P)`: the share of the total
+    /// variance of a unit's column, `tr(tau2 X X' + sigma2 I_P)`, that the
+    /// random effects carry.
+    pub fn intraclass_correlation(&self) -> f64 {
+        let random = self.tau2 * self.x.squared_norm();
+        let total = random + self.sigma2 * self.x.rows as f64;
+        if total > 0.0 {
+            random / total
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 /// Parameters and variances as the loop updates them.
@@ -244,7 +258,11 @@ fn validate_options(data: &Data<'_>, options: &FitOptions) -> Result<()> {
     if options.sigma2_update_every == 0 {
         return Err(NmfreError::InvalidInput("the sigma2 update interval must be at least 1".into()));
     }
-    let start = &options.start;
+    validate_start(data, q, &options.start)
+}
+
+/// Checks the shapes and values of starting values for a rank-`q` fit.
+fn validate_start(data: &Data<'_>, q: usize, start: &StartValues) -> Result<()> {
     if let Some(x) = &start.x {
         check_shape("start X", x.data.len(), data.p, q)?;
         if x.data.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || x.data.iter().all(|&v| v == 0.0) {
@@ -450,15 +468,62 @@ struct CapRecord {
 /// stops with `NmfreError::Interrupted`.
 pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() -> bool) -> Result<Fit> {
     validate_options(data, options)?;
+    let y_positive = data.y_positive();
+    let state = initial_state(data, &y_positive, options)?;
+    run(data, options, &y_positive, state, interrupted)
+}
+
+/// Computes the values a fit starts from: the user's starting values where
+/// `options.start` has them, otherwise NNDSVDar for X, ones for Theta and
+/// zeros for U, normalised so that X's columns sum to 1. Every field of the
+/// result is set.
+///
+/// Fits that share this start through [`fit_from_start`] match [`fit`] with
+/// the same options exactly, because the start is what `fit` computes first.
+pub fn start_values(data: &Data<'_>, options: &FitOptions) -> Result<StartValues> {
+    validate_options(data, options)?;
+    let state = initial_state(data, &data.y_positive(), options)?;
+    Ok(StartValues { x: Some(state.x), theta: Some(state.theta), u: Some(state.u) })
+}
+
+/// Fits NMF-RE from starting values prepared by [`start_values`], which are
+/// used as they are, without normalising them again. `options.start` is
+/// ignored. All three of X, Theta and U must be set.
+pub fn fit_from_start(
+    data: &Data<'_>,
+    options: &FitOptions,
+    start: &StartValues,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<Fit> {
+    validate_options(data, options)?;
+    validate_start(data, options.rank, start)?;
+    let (x, theta, u) = match (&start.x, &start.theta, &start.u) {
+        (Some(x), Some(theta), Some(u)) => (x.clone(), theta.clone(), u.clone()),
+        _ => {
+            return Err(NmfreError::InvalidInput(
+                "a prepared start needs X, Theta and U; compute it with start_values()".into(),
+            ))
+        }
+    };
+    let state = State { x, theta, u, sigma2: options.sigma2_start, tau2: options.tau2_start };
+    run(data, options, &data.y_positive(), state, interrupted)
+}
+
+/// Runs the estimation loop from `state` and assembles the fit.
+fn run(
+    data: &Data<'_>,
+    options: &FitOptions,
+    y_positive: &[f64],
+    mut state: State,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<Fit> {
     let (p, n, k, q) = (data.p, data.n, data.k, options.rank);
     let threads = options.threads.max(1);
     let par = par_for(threads);
-    let y_positive = data.y_positive();
-    let y_pos_ref = MatRef::from_column_major_slice(&y_positive, p, n);
+    let y_pos_ref = MatRef::from_column_major_slice(y_positive, p, n);
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
 
-    let mut state = initial_state(data, &y_positive, options)?;
     let mut work = Workspace {
         xty: Dense::zeros(q, n),
         fixed: Dense::zeros(q, n),
@@ -530,7 +595,7 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
         cross_product(&state.x, &state.x, &mut work.gram);
         match options.theta_mode {
             ThetaMode::NonNegative => {
-                let numerator = theta_numerator(&y_positive, p, &state.x, &state.u, &a, threads);
+                let numerator = theta_numerator(y_positive, p, &state.x, &state.u, &a, threads);
                 let mut gram_theta = Dense::zeros(q, k);
                 product(&work.gram, &state.theta, &mut gram_theta);
                 let mut denominator = Dense::zeros(q, k);
