@@ -16,9 +16,13 @@ pub mod fit;
 pub mod inference;
 pub mod init;
 pub mod linalg;
+pub mod scan;
+pub mod simulate;
 
 pub use dense::Dense;
 pub use dfcap::CapRule;
 pub use error::{NmfreError, Result};
-pub use fit::{fit, Data, Fit, FitOptions, StartValues, StopReason, ThetaMode};
+pub use fit::{fit, fit_from_start, start_values, Data, Fit, FitOptions, StartValues, StopReason, ThetaMode};
 pub use inference::{infer, BootstrapOptions, Conditioning, Inference, InferenceOptions, InformationRule, Sigma2Rule, WeightKind};
+pub use scan::scan_rates;
+pub use simulate::{simulate, Distribution, Simulation, SimulationOptions};
