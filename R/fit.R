@@ -111,12 +111,16 @@ warn_fit_problems <- function(fit) {
                     fit$iterations, fit$stop_reason), call. = FALSE)
   }
   if (isTRUE(fit$cap$binding)) {
+    remedy <- if (fit$cap$type == "absolute") {
+      "Try a larger `df_cap` in nmfre_control()."
+    } else {
+      "Try a larger `df_rate`, or df_rate = NULL to choose it with nmfre_dfscan()."
+    }
     warning(sprintf(paste0("The df cap binds at the end of the fit: dfU = %.3g is ",
                            "%.1f%% of the cap %.3g, so the random effects would take ",
                            "more degrees of freedom if allowed and the standard errors ",
-                           "depend on the cap. Try a larger `df_rate`, or df_rate = NULL ",
-                           "to choose it with nmfre_dfscan()."),
-                    fit$dfU, 100 * fit$cap$ratio, fit$cap$value), call. = FALSE)
+                           "depend on the cap. %s"),
+                    fit$dfU, 100 * fit$cap$ratio, fit$cap$value, remedy), call. = FALSE)
   }
   at_bound <- c(sigma2 = fit$sigma2, tau2 = fit$tau2)
   at_bound <- at_bound[at_bound <= 1e-12 * (1 + 1e-9) | at_bound >= 1e12 * (1 - 1e-9)]

@@ -21,3 +21,14 @@ rust_fit <- function(Y, A, options) {
 rust_infer <- function(Y, A, fitted, options) {
   call_rust(wrap__nmfre_infer_rust, Y, nrow(Y), ncol(Y), A, nrow(A), fitted, options)
 }
+
+rust_scan <- function(Y, A, options, rates, verbose) {
+  options$rates <- as.double(rates)
+  options$verbose <- verbose
+  call_rust(wrap__nmfre_scan_rust, Y, nrow(Y), ncol(Y), A, nrow(A), options)
+}
+
+rust_simulate <- function(X, Theta, A, options) {
+  options[c("P", "Q", "K", "N")] <- list(nrow(X), ncol(X), nrow(A), ncol(A))
+  call_rust(wrap__nmfre_simulate_rust, X, Theta, A, options)
+}
