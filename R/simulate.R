@@ -29,7 +29,8 @@ SIMULATE_TRUNCATION_WARNING <- 0.01
 #' @param sigma2,tau2 Variances of the errors E and the random effects U.
 #' @param errors,random_effects Distribution of the entries of E and of U:
 #'   `"gaussian"` or `"exponential"` (centred exponential).
-#' @param seed Seed of the ChaCha20 generator, a whole number in [0, 2^53].
+#' @param seed Seed of the ChaCha20 generator, a whole number between 0 and
+#'   2^53.
 #' @return A list with `Y` (P x N, non-negative), `A`, `U` (rank x N), `E`
 #'   (P x N), `truncated` (share of the entries of Y set to 0) and `truth`, a
 #'   list of `X`, `Theta`, `sigma2`, `tau2`, `errors`, `random_effects` and
