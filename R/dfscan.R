@@ -63,7 +63,7 @@ DFSCAN_DEFAULT_RATES <- seq(0.1, 1, by = 0.1)
 #' Y <- matrix(Orthodont$distance, nrow = 4)
 #' male <- as.numeric(Orthodont$Sex[seq(1, 108, by = 4)] == "Male")
 #' A <- rbind("(Intercept)" = 1, male = male)
-#' # A large starting tau2 makes lambda small, so the low caps bind.
+#' # A large starting tau2 makes lambda small, so the caps are hit at once.
 #' scan <- nmfre_dfscan(Y, A, rank = 1, rates = c(0.1, 0.2, 0.3, 0.5),
 #'                      control = nmfre_control(tau2_start = 100))
 #' scan

@@ -132,3 +132,22 @@ test_that("fixed df_rate leaves no scan in the fit", {
                control = nmfre_control(inference = FALSE))
   expect_null(fit$dfscan)
 })
+
+test_that("failed fit gives an NA row", {
+  # The bridge returns list(ok = FALSE, rate, error) for a rate whose fit
+  # failed; the other rates keep their results.
+  fits <- list(
+    list(ok = TRUE, rate = 0.1, cap = 2.7, dfU = 1.5, cap_hits = 3, cap_first_hit = 1,
+         converged = TRUE, iterations = 40, sigma2 = 1.2, tau2 = 0.8, icc = 0.1),
+    list(ok = FALSE, rate = 0.2, error = "numerical failure: the objective became non-finite")
+  )
+  scan <- scan_table(fits, units = 27, rank = 1)
+  expect_identical(scan$converged, c(TRUE, FALSE))
+  expect_identical(scan$hit, c(TRUE, NA))
+  expect_true(is.na(scan$dfU[2]))
+  expect_true(is.na(scan$status[2]))
+  expect_identical(attr(scan, "errors"),
+                   c("0.2" = "numerical failure: the objective became non-finite"))
+  expect_equal(apply_df_rate_rule(scan)$rate, 0.1)
+  expect_true(any(grepl("Failed fits: rate 0.2", capture.output(print(scan)), fixed = TRUE)))
+})
