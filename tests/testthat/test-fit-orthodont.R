@@ -108,6 +108,25 @@ test_that("binding cap warns with dfU, share and remedy", {
     "Try a larger `df_cap` in nmfre_control().", fixed = TRUE)
 })
 
+test_that("saturated fit at rate 1 points to tau2_start", {
+  # tau2 held at 1000 by the cap rule gives lambda near 0.001, so dfU ends
+  # within 1% of the cap at rate 1, N * rank = 27, without raising lambda.
+  d <- orthodont_data()
+  warnings <- character()
+  fit <- withCallingHandlers(
+    nmfre(d$Y, d$A, rank = 1, df_rate = 1,
+          control = nmfre_control(tau2_start = 1000, maxit = 2000, inference = FALSE)),
+    warning = function(w) {
+      warnings <<- c(warnings, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  expect_false(fit$cap$hit)
+  expect_true(fit$cap$binding)
+  expect_true(any(grepl("The cap is N * rank = 27, the most dfU can be", warnings,
+                        fixed = TRUE)))
+  expect_true(any(grepl("Lower `tau2_start`", warnings, fixed = TRUE)))
+})
+
 test_that("cap hit early but not binding gives no warning", {
   d <- orthodont_data()
   # tau2 = 100 makes the cap bind at the first iteration; by the end
