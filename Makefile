@@ -2,11 +2,13 @@
 #
 #   make demo   install missing system packages, install nmfre, fit Orthodont
 #   make test   cargo tests, testthat and R CMD check; ends "N passed, N failed"
+#   make stress the df cap stress study (500 replicates, several minutes; not
+#               part of make test)
 
 R_LIB ?= $(CURDIR)/.Rlib
 export CARGO_TARGET_DIR ?= $(CURDIR)/src/rust/target
 
-.PHONY: deps install demo test docs clean
+.PHONY: deps install demo test stress docs clean
 
 deps:
 	sh tools/install-deps.sh
@@ -20,6 +22,9 @@ demo: install
 
 test: deps
 	R_LIB=$(R_LIB) sh tools/run-tests.sh
+
+stress: install
+	R_LIBS=$(R_LIB) Rscript inst/validation/stress.R 500 500
 
 docs:
 	Rscript -e 'roxygen2::roxygenise(load_code = "source")'

@@ -74,7 +74,7 @@ check_response <- function(Y, name = "Y") {
   }
   # One pass in Rust instead of logical temporaries the size of Y.
   if (!is.double(Y)) storage.mode(Y) <- "double"
-  scan <- rust_scan(Y)
+  scan <- rust_summarise(Y)
   if (scan$nonfinite > 0) {
     first <- arrayInd(scan$first_nonfinite, dim(Y))
     stop(sprintf(paste0("`%s` has %d missing or non-finite values (NA, NaN or Inf); ",

@@ -56,7 +56,7 @@ basis_names <- function(rank, prefix) paste0(prefix, seq_len(rank))
 # the algorithm would distort or overflow the fit, and 1 otherwise. A power
 # of 2 divides without rounding.
 data_scale <- function(Y) {
-  level <- rust_scan(Y)$mean
+  level <- rust_summarise(Y)$mean
   if (level >= 1e-6 && level <= 1e6) return(1)
   2^round(log2(level))
 }
@@ -169,6 +169,26 @@ optimum_record <- function(raw, Theta) {
   record
 }
 
+# Explains a cap that binds at the end (dfU >= 99% of the cap) and what to
+# change. A cap at N * rank cannot be raised, so there the remedy is a
+# smaller tau2_start, the ceiling on tau2 while the cap is on.
+binding_cap_message <- function(fit) {
+  most <- ncol(fit$Y) * fit$rank
+  remedy <- if (fit$cap$value >= most) {
+    sprintf(paste0("The cap is N * rank = %d, the most dfU can be, so the fit is close ",
+                   "to saturated. Lower `tau2_start` in nmfre_control(): while the cap ",
+                   "is on, tau2 never rises above it."), most)
+  } else if (fit$cap$type == "absolute") {
+    "Try a larger `df_cap` in nmfre_control()."
+  } else {
+    "Try a larger `df_rate`, or df_rate = NULL to choose it with nmfre_dfscan()."
+  }
+  sprintf(paste0("The df cap binds at the end of the fit: dfU = %.3g is %.1f%% of the ",
+                 "cap %.3g, so the random effects would take more degrees of freedom if ",
+                 "allowed and the standard errors depend on the cap. %s"),
+          fit$dfU, 100 * fit$cap$ratio, fit$cap$value, remedy)
+}
+
 warn_fit_problems <- function(fit) {
   spread <- fit$optimum$theta_spread
   if (!is.null(spread) && !is.na(spread) && spread > 1e-3) {
@@ -183,12 +203,7 @@ warn_fit_problems <- function(fit) {
                     fit$iterations, fit$stop_reason), call. = FALSE)
   }
   if (isTRUE(fit$cap$binding)) {
-    warning(sprintf(paste0("The df cap binds at the end of the fit: dfU = %.3g is ",
-                           "%.1f%% of the cap %.3g, so the random effects would take ",
-                           "more degrees of freedom if allowed and the standard errors ",
-                           "depend on the cap. Try a larger `df_rate`, or df_rate = NULL ",
-                           "to choose it with nmfre_dfscan()."),
-                    fit$dfU, 100 * fit$cap$ratio, fit$cap$value), call. = FALSE)
+    warning(binding_cap_message(fit), call. = FALSE)
   }
   at_bound <- c(sigma2 = fit$sigma2, tau2 = fit$tau2)
   at_bound <- at_bound[at_bound <= 1e-12 * (1 + 1e-9) | at_bound >= 1e12 * (1 - 1e-9)]

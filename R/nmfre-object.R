@@ -25,6 +25,8 @@
 #'   \item{`fitted`}{P x N fitted values `X (Theta A + U)`.}
 #'   \item{`Y`, `A`}{The data as fitted.}
 #'   \item{`rank`, `theta`, `df_rate`, `control`, `call`}{Settings of the fit.}
+#'   \item{`dfscan`}{Present when `df_rate = NULL` chose the rate: the
+#'     [nmfre_dfscan()] table the choice was made from.}
 #'   \item{`inference`}{`NULL`, or a list with the conditional residual
 #'     variance `sigma2`, the covariances `vcov` (chosen), `vcov_sandwich`
 #'     and `vcov_model`, the `information` matrix, the `bootstrap` summaries

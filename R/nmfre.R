@@ -29,7 +29,9 @@
 #'   is taken as one covariate.
 #' @param rank Number of bases Q, between 1 and min(P, N).
 #' @param df_rate Rate of the df cap: dfU is kept at or below
-#'   `max(df_rate * N * rank, 1)`. See also `df_cap` and `use_cap` in
+#'   `max(df_rate * N * rank, 1)`. `NULL` chooses the rate by the automatic
+#'   rule of [nmfre_dfscan()] over the rates `seq(0.1, 1, by = 0.1)` and
+#'   keeps the scan table in `fit$dfscan`. See also `df_cap` and `use_cap` in
 #'   [nmfre_control()].
 #' @param theta `"nonneg"` constrains Theta to be non-negative, updated
 #'   multiplicatively (the default); `"free"` lets Theta take any sign,
@@ -73,7 +75,11 @@ nmfre.default <- function(Y, A = NULL, rank = 2, df_rate = 0.1,
   A <- check_covariates(A, ncol(Y), theta)
   rank <- check_rank(rank, nrow(Y), ncol(Y))
   df_rate <- resolve_df_rate(df_rate, Y, A, rank, theta, control)
+  # df_rate = NULL scans the rates; the scan table rides on the chosen rate.
+  dfscan <- attr(df_rate, "dfscan")
+  attr(df_rate, "dfscan") <- NULL
   fit <- fit_nmfre(Y, A, rank, df_rate, theta, control)
+  fit$dfscan <- dfscan
   fit$call <- call
   fit
 }

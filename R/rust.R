@@ -23,6 +23,18 @@ rust_infer <- function(Y, A, fitted, options) {
   rust_result(.Call(wrap__nmfre_infer_rust, Y, nrow(Y), ncol(Y), A, nrow(A), fitted, options))
 }
 
-rust_scan <- function(values) {
-  rust_result(.Call(wrap__nmfre_scan_rust, values))
+# Counts and locates non-finite, negative and zero values in one pass.
+rust_summarise <- function(values) {
+  rust_result(.Call(wrap__nmfre_summarise_rust, values))
+}
+
+rust_scan <- function(Y, A, options, rates, verbose) {
+  options$rates <- as.double(rates)
+  options$verbose <- verbose
+  rust_result(.Call(wrap__nmfre_scan_rust, Y, nrow(Y), ncol(Y), A, nrow(A), options))
+}
+
+rust_simulate <- function(X, Theta, A, options) {
+  options[c("P", "Q", "K", "N")] <- list(nrow(X), ncol(X), nrow(A), ncol(A))
+  rust_result(.Call(wrap__nmfre_simulate_rust, X, Theta, A, options))
 }

@@ -88,3 +88,51 @@ test_that("cap can be absolute or off", {
   # well above the capped fit's 2.1.
   expect_gt(off$dfU, 5)
 })
+
+test_that("binding cap warns with dfU, share and remedy", {
+  # Orthodont scores divided by 10 give sigma2 near 0.03 while tau2 starts
+  # at 1, so lambda is small and dfU presses against the cap 0.1 * 27 = 2.7.
+  d <- orthodont_data()
+  expect_warning(
+    fit <- nmfre(d$Y / 10, d$A, rank = 1, df_rate = 0.1,
+                 control = nmfre_control(inference = FALSE)),
+    "The df cap binds at the end of the fit: dfU = 2.7 is 100.0% of the cap 2.7",
+    fixed = TRUE)
+  expect_true(fit$cap$binding)
+  expect_warning(
+    nmfre(d$Y / 10, d$A, rank = 1, df_rate = 0.1, control = nmfre_control(inference = FALSE)),
+    "Try a larger `df_rate`, or df_rate = NULL to choose it with nmfre_dfscan().",
+    fixed = TRUE)
+  expect_warning(
+    nmfre(d$Y / 10, d$A, rank = 1, control = nmfre_control(inference = FALSE, df_cap = 2)),
+    "Try a larger `df_cap` in nmfre_control().", fixed = TRUE)
+})
+
+test_that("saturated fit at rate 1 points to tau2_start", {
+  # tau2 held at 1000 by the cap rule gives lambda near 0.001, so dfU ends
+  # within 1% of the cap at rate 1, N * rank = 27, without raising lambda.
+  d <- orthodont_data()
+  warnings <- character()
+  fit <- withCallingHandlers(
+    nmfre(d$Y, d$A, rank = 1, df_rate = 1,
+          control = nmfre_control(tau2_start = 1000, maxit = 2000, inference = FALSE)),
+    warning = function(w) {
+      warnings <<- c(warnings, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  expect_false(fit$cap$hit)
+  expect_true(fit$cap$binding)
+  expect_true(any(grepl("The cap is N * rank = 27, the most dfU can be", warnings,
+                        fixed = TRUE)))
+  expect_true(any(grepl("Lower `tau2_start`", warnings, fixed = TRUE)))
+})
+
+test_that("cap hit early but not binding gives no warning", {
+  d <- orthodont_data()
+  # tau2 = 100 makes the cap bind at the first iteration; by the end
+  # sigma2 has grown and dfU = 0.93 is well below the cap 2.7.
+  fit <- expect_silent(nmfre(d$Y, d$A, rank = 1, df_rate = 0.1,
+                             control = nmfre_control(tau2_start = 100, inference = FALSE)))
+  expect_true(fit$cap$hit)
+  expect_false(fit$cap$binding)
+})

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use extendr_api::prelude::*;
 use nmfre_core::{
-    fit, infer, BootstrapOptions, CapRule, Conditioning, Data, Dense, FitOptions, InferenceOptions, InformationRule,
-    NmfreError, Sigma2Rule, StartValues, ThetaMode, WeightKind,
+    fit, infer, scan_rates, simulate, BootstrapOptions, CapRule, Conditioning, Data, Dense, Distribution, Fit,
+    FitOptions, InferenceOptions, InformationRule, NmfreError, Sigma2Rule, SimulationOptions, StartValues, ThetaMode,
+    WeightKind,
 };
 
 mod options;
@@ -177,6 +178,107 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
     })
 }
 
+fn optional_iteration(value: Option<usize>) -> Robj {
+    value.map(|v| Robj::from(v as f64)).unwrap_or_else(|| Robj::from(Rfloat::na()))
+}
+
+/// Builds the per-rate entry of a scan: the fit's summary, or its error.
+fn scan_entry(rate: f64, result: &std::result::Result<Fit, NmfreError>) -> Robj {
+    match result {
+        Ok(fit) => list!(
+            ok = true,
+            rate = rate,
+            cap = fit.cap.map(Robj::from).unwrap_or_else(|| Robj::from(Rfloat::na())),
+            dfU = fit.dfu,
+            cap_hits = fit.cap_hits as f64,
+            cap_first_hit = optional_iteration(fit.cap_first_hit),
+            converged = fit.converged(),
+            iterations = fit.iterations as f64,
+            stop_reason = fit.stop_reason.describe(),
+            sigma2 = fit.sigma2,
+            tau2 = fit.tau2,
+            lambda = fit.lambda,
+            icc = fit.intraclass_correlation()
+        )
+        .into(),
+        Err(error) => list!(ok = false, rate = rate, error = error.to_string()).into(),
+    }
+}
+
+/// Fits at every cap rate in `options$rates` in parallel from one shared
+/// start and returns one summary list per rate, in order. `options` is as
+/// for `nmfre_fit_rust`, plus `rates` and `verbose`; its cap settings are
+/// ignored.
+#[extendr]
+fn nmfre_scan_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Robj {
+    guarded(|| {
+        let (p, n, k) = (p.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
+        let data = Data::new(real_slice(&y, "Y")?, p, n, real_slice(&a, "A")?, k).map_err(core_error)?;
+        let options = Options::new(options);
+        let rates = options.optional_reals("rates")?.ok_or_else(|| "option `rates` is missing".to_string())?;
+        let verbose = options.flag("verbose")?;
+        let settings = fit_options(&options, p, n, k)?;
+        let threads = settings.threads;
+        let total = rates.len();
+        let mut poller = InterruptPoller::new();
+        let mut reported = usize::MAX;
+        let mut monitor = |finished: usize| -> bool {
+            if verbose && finished != reported {
+                reported = finished;
+                reprint!("\rScanning cap rates: {finished} of {total} fits done");
+                if finished == total {
+                    reprintln!();
+                }
+            }
+            poller.poll()
+        };
+        let results = scan_rates(&data, &settings, &rates, threads, &mut monitor).map_err(core_error)?;
+        let entries: Vec<Robj> = rates.iter().zip(&results).map(|(&rate, result)| scan_entry(rate, result)).collect();
+        Ok(list!(ok = true, fits = List::from_values(entries)).into())
+    })
+}
+
+/// Draws Y = X (Theta A + U) + E; `x` is P x Q, `theta` Q x K and `a` K x N,
+/// with the dimensions P, Q, K and N given in `options`.
+#[extendr]
+fn nmfre_simulate_rust(x: Robj, theta: Robj, a: Robj, options: List) -> Robj {
+    guarded(|| {
+        let options = Options::new(options);
+        let (p, q, k, n) = (options.count("P")?, options.count("Q")?, options.count("K")?, options.count("N")?);
+        let matrix = |value: &Robj, name: &str, rows: usize, cols: usize| -> std::result::Result<Dense, String> {
+            let values = real_slice(value, name)?;
+            if values.len() != rows * cols {
+                return Err(format!("`{name}` has {} values but must be {rows} x {cols}", values.len()));
+            }
+            Ok(Dense::from_vec(rows, cols, values.to_vec()))
+        };
+        let distribution = |name: &str| -> std::result::Result<Distribution, String> {
+            match options.string(name)?.as_str() {
+                "gaussian" => Ok(Distribution::Gaussian),
+                "exponential" => Ok(Distribution::CentredExponential),
+                other => Err(format!("unknown distribution '{other}' for `{name}`")),
+            }
+        };
+        let settings = SimulationOptions {
+            sigma2: options.real("sigma2")?,
+            tau2: options.real("tau2")?,
+            errors: distribution("errors")?,
+            effects: distribution("random_effects")?,
+            seed: options.seed("seed")?,
+        };
+        let (x, theta, a) = (matrix(&x, "X", p, q)?, matrix(&theta, "Theta", q, k)?, matrix(&a, "A", k, n)?);
+        let result = simulate(&x, &theta, &a, &settings).map_err(core_error)?;
+        Ok(list!(
+            ok = true,
+            Y = matrix_robj(&result.y),
+            U = matrix_robj(&result.u),
+            E = matrix_robj(&result.e),
+            truncated = result.truncated as f64
+        )
+        .into())
+    })
+}
+
 /// Computes covariances of vec(Theta) and the bootstrap at a given fit.
 #[extendr]
 fn nmfre_infer_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, fitted: List, options: List) -> Robj {
@@ -254,7 +356,7 @@ fn nmfre_infer_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, fitted: List, opti
 /// Counts non-finite, negative and zero values of a double vector and
 /// returns their first positions (1-based), its maximum and mean.
 #[extendr]
-fn nmfre_scan_rust(values: Robj) -> Robj {
+fn nmfre_summarise_rust(values: Robj) -> Robj {
     guarded(|| {
         let summary = nmfre_core::dense::summarise_values(real_slice(&values, "values")?);
         let position = |index: Option<usize>| index.map(|i| (i + 1) as f64).unwrap_or(0.0);
@@ -274,7 +376,9 @@ fn nmfre_scan_rust(values: Robj) -> Robj {
 
 extendr_module! {
     mod nmfre;
+    fn nmfre_summarise_rust;
     fn nmfre_scan_rust;
     fn nmfre_fit_rust;
     fn nmfre_infer_rust;
+    fn nmfre_simulate_rust;
 }

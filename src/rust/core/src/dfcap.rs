@@ -111,6 +111,27 @@ pub fn raise_lambda_to_cap(eigenvalues: &[f64], lambda: f64, units: usize, cap: 
     CapSolution { lambda: high, reached: true }
 }
 
+/// Finds the lambda at which dfU equals `cap`, searching up or down from
+/// `lambda`. Used while polishing a fit whose cap binds, so that dfU stays
+/// on the cap as X moves instead of drifting below it.
+pub fn lambda_at_cap(eigenvalues: &[f64], lambda: f64, units: usize, cap: f64) -> CapSolution {
+    let df = |value: f64| effective_df(eigenvalues, value, units);
+    if df(lambda) > cap {
+        return raise_lambda_to_cap(eigenvalues, lambda, units, cap);
+    }
+    // dfU is at or below the cap: lower lambda until it exceeds the cap.
+    let mut high = lambda;
+    let mut low = lambda / 10.0;
+    while df(low) <= cap {
+        if low < 1e-300 {
+            return CapSolution { lambda: high, reached: false };
+        }
+        high = low;
+        low /= 10.0;
+    }
+    raise_lambda_to_cap(eigenvalues, low, units, cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +158,17 @@ mod tests {
             // The root lies within LAMBDA_TOLERANCE below the returned lambda.
             let below = effective_df(&eigenvalues, solution.lambda - LAMBDA_TOLERANCE, units);
             assert!(below > cap, "root not bracketed to tolerance: {below} <= {cap}");
+        }
+    }
+
+    #[test]
+    fn lambda_at_cap_searches_both_ways() {
+        let eigenvalues = [3.0, 1.0, 0.2];
+        for start in [1e-4, 0.5, 50.0] {
+            let solution = lambda_at_cap(&eigenvalues, start, 50, 30.0);
+            assert!(solution.reached);
+            let df = effective_df(&eigenvalues, solution.lambda, 50);
+            assert!(df <= 30.0 + 1e-12 && 30.0 - df < 1e-6, "start {start}: dfU {df}");
         }
     }
 

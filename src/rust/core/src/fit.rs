@@ -7,7 +7,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
 use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
-use crate::dfcap::{effective_df, raise_lambda_to_cap, CapRule};
+use crate::dfcap::{effective_df, lambda_at_cap, raise_lambda_to_cap, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
 use crate::linalg::{symmetric_eigenvalues, Cholesky};
@@ -15,6 +15,8 @@ use crate::nnls::nnls_gram;
 
 /// Floor for X and Theta and for the denominators of the multiplicative updates.
 pub const EPS: f64 = 1e-10;
+/// dfU / cap at or above which the cap counts as binding.
+pub const BINDING_RATIO: f64 = 0.99;
 /// Bounds that sigma2 and tau2 are clipped to after each update.
 pub const VARIANCE_MIN: f64 = 1e-12;
 pub const VARIANCE_MAX: f64 = 1e12;
@@ -223,6 +225,20 @@ impl Fit {
         matches!(self.stop_reason, StopReason::Converged | StopReason::Certified)
     }
 
+    /// Computes the trace-based intraclass correlation
+    /// `tau2 tr(X'X) / (tau2 tr(X'X) + sigma2 P)`: the share of the total
+    /// variance of a unit's column, `tr(tau2 X X' + sigma2 I_P)`, that the
+    /// random effects carry.
+    pub fn intraclass_correlation(&self) -> f64 {
+        let random = self.tau2 * self.x.squared_norm();
+        let total = random + self.sigma2 * self.x.rows as f64;
+        if total > 0.0 {
+            random / total
+        } else {
+            f64::NAN
+        }
+    }
+
     /// Computes X (Theta A + U), the P x N fitted values.
     pub fn fitted(&self, data: &Data<'_>) -> Dense {
         let mut scores = Dense::zeros(self.theta.rows, data.n);
@@ -310,7 +326,11 @@ fn validate_options(data: &Data<'_>, options: &FitOptions) -> Result<()> {
     if options.sigma2_update_every == 0 {
         return Err(NmfreError::InvalidInput("the sigma2 update interval must be at least 1".into()));
     }
-    let start = &options.start;
+    validate_start(data, q, &options.start)
+}
+
+/// Checks the shapes and values of starting values for a rank-`q` fit.
+fn validate_start(data: &Data<'_>, q: usize, start: &StartValues) -> Result<()> {
     if let Some(x) = &start.x {
         check_shape("start X", x.data.len(), data.p, q)?;
         if x.data.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || x.data.iter().all(|&v| v == 0.0) {
@@ -547,6 +567,43 @@ pub fn fit(data: &Data<'_>, options: &FitOptions, interrupted: &mut dyn FnMut() 
     fit_from(data, options, state, interrupted)
 }
 
+/// Computes the values a fit starts from: the user's starting values where
+/// `options.start` has them, otherwise NNDSVDar for X, ones for Theta and
+/// zeros for U, normalised so that X's columns sum to 1. Every field of the
+/// result is set.
+///
+/// Fits that share this start through [`fit_from_start`] match [`fit`] with
+/// the same options and `nstart = 0` exactly, because the start is what
+/// `fit` computes first.
+pub fn start_values(data: &Data<'_>, options: &FitOptions) -> Result<StartValues> {
+    validate_options(data, options)?;
+    let state = initial_state(data, &data.y_positive(), options)?;
+    Ok(StartValues { x: Some(state.x), theta: Some(state.theta), u: Some(state.u) })
+}
+
+/// Fits NMF-RE from starting values prepared by [`start_values`], which are
+/// used as they are, without normalising them again. `options.start` and
+/// `options.nstart` are ignored. All three of X, Theta and U must be set.
+pub fn fit_from_start(
+    data: &Data<'_>,
+    options: &FitOptions,
+    start: &StartValues,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<Fit> {
+    validate_options(data, options)?;
+    validate_start(data, options.rank, start)?;
+    let (x, theta, u) = match (&start.x, &start.theta, &start.u) {
+        (Some(x), Some(theta), Some(u)) => (x.clone(), theta.clone(), u.clone()),
+        _ => {
+            return Err(NmfreError::InvalidInput(
+                "a prepared start needs X, Theta and U; compute it with start_values()".into(),
+            ))
+        }
+    };
+    let state = State { x, theta, u, sigma2: options.sigma2_start, tau2: options.tau2_start };
+    fit_from(data, options, state, interrupted)
+}
+
 /// Runs the estimation loop from `state`; `options` must be validated.
 pub(crate) fn fit_from(
     data: &Data<'_>,
@@ -574,6 +631,7 @@ pub(crate) fn fit_from(
     let mut stop_reason = StopReason::MaxIterations;
     let mut iterations = 0;
     let mut polishing = false;
+    let mut cap_bound_when_polishing = false;
     let mut paper_iterations = 0;
     let (mut kkt_x, mut kkt_theta, mut variance_change) = (f64::NAN, f64::NAN, 0.0);
 
@@ -588,7 +646,12 @@ pub(crate) fn fit_from(
         cross_product(&state.x, &state.x, &mut work.gram);
         eigenvalues = symmetric_eigenvalues(&work.gram)?;
         lambda = state.sigma2 / state.tau2;
-        if let Some(cap) = cap {
+        if let (Some(cap), true) = (cap, polishing && cap_bound_when_polishing) {
+            // The cap set lambda when the multiplicative phase ended; keep
+            // dfU on it while X moves, lowering lambda if need be.
+            lambda = lambda_at_cap(&eigenvalues, lambda, n, cap).lambda;
+            state.tau2 = state.sigma2 / lambda;
+        } else if let Some(cap) = cap {
             if effective_df(&eigenvalues, lambda, n) > cap {
                 lambda = raise_lambda_to_cap(&eigenvalues, lambda, n, cap).lambda;
                 state.tau2 = state.sigma2 / lambda;
@@ -716,6 +779,8 @@ pub(crate) fn fit_from(
                     break;
                 }
                 polishing = true;
+                cap_bound_when_polishing =
+                    cap.is_some_and(|cap| effective_df(&eigenvalues, lambda, n) >= BINDING_RATIO * cap);
             }
         } else {
             let stationary = kkt_x < options.kkt_tolerance

@@ -18,9 +18,15 @@ pub mod init;
 pub mod linalg;
 pub mod multistart;
 pub mod nnls;
+pub mod scan;
+pub mod simulate;
 
 pub use dense::Dense;
 pub use dfcap::CapRule;
 pub use error::{NmfreError, Result};
-pub use fit::{fit, Data, Fit, FitOptions, StartSummary, StartValues, StopReason, ThetaMode};
+pub use fit::{
+    fit, fit_from_start, start_values, Data, Fit, FitOptions, StartSummary, StartValues, StopReason, ThetaMode,
+};
 pub use inference::{infer, BootstrapOptions, Conditioning, Inference, InferenceOptions, InformationRule, Sigma2Rule, WeightKind};
+pub use scan::scan_rates;
+pub use simulate::{simulate, Distribution, Simulation, SimulationOptions};
