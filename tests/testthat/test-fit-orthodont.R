@@ -5,8 +5,9 @@
 
 test_that("Orthodont fit matches the reference implementation", {
   d <- orthodont_data()
+  # polish = FALSE runs the published loop alone, which the reference used.
   fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
-               control = nmfre_control(inference = FALSE))
+               control = nmfre_control(inference = FALSE, polish = FALSE))
   expect_true(fit$converged)
   expect_within(unname(fit$Theta[1, "(Intercept)"]), 90.50, tolerance = 0.05)
   expect_within(unname(fit$Theta[1, "male"]), 9.43, tolerance = 0.05)
@@ -129,10 +130,26 @@ test_that("saturated fit at rate 1 points to tau2_start", {
 
 test_that("cap hit early but not binding gives no warning", {
   d <- orthodont_data()
-  # tau2 = 100 makes the cap bind at the first iteration; by the end
-  # sigma2 has grown and dfU = 0.93 is well below the cap 2.7.
+  # tau2 = 100 makes the cap bind at the first iteration; in the published
+  # loop tau2 then stays at sigma2 / lambda from that iteration, sigma2
+  # grows, and by the end dfU = 0.93 is well below the cap 2.7.
   fit <- expect_silent(nmfre(d$Y, d$A, rank = 1, df_rate = 0.1,
-                             control = nmfre_control(tau2_start = 100, inference = FALSE)))
+                             control = nmfre_control(tau2_start = 100, inference = FALSE,
+                                                     polish = FALSE)))
   expect_true(fit$cap$hit)
   expect_false(fit$cap$binding)
+})
+
+test_that("default fit polishes to the variance fixed point", {
+  d <- orthodont_data()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+               control = nmfre_control(inference = FALSE))
+  # Theta and X stay at the reference values; sigma2 moves from where the
+  # damped update stopped (2.95) to its fixed point mean(R^2), which raises
+  # lambda and lowers dfU from 2.1 to about 1.4.
+  expect_within(fit$Theta, c(90.50, 9.43), tolerance = 0.05)
+  expect_within(fit$X[, 1], c(0.2308, 0.2409, 0.2566, 0.2717), tolerance = 0.001)
+  expect_equal(fit$sigma2, fit$rss / length(d$Y), tolerance = 1e-8)
+  expect_within(fit$dfU, 1.40, tolerance = 0.01)
+  expect_lte(fit$optimum$paper_iterations, 260)
 })

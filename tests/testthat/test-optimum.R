@@ -1,8 +1,12 @@
 # The fitted optimum must not depend on the seed of the starting values.
 
+# Holzinger-Swineford with the test scores also min-max scaled, the set-up
+# in which the published loop's Theta moves between seeds (the age effect on
+# the second basis between about 2.42 and 2.66).
 hs_matrices <- function() {
   hs <- holzinger_swineford()
-  list(Y = t(as.matrix(hs[paste0("x", 1:9)])),
+  scale01 <- function(v) (v - min(v)) / (max(v) - min(v))
+  list(Y = t(sapply(paste0("x", 1:9), function(name) scale01(hs[[name]]))),
        A = t(as.matrix(hs[c("age_rev", "girl", "grant_white")])))
 }
 
@@ -14,23 +18,20 @@ fit_hs <- function(seed, ...) {
 
 test_that("Holzinger-Swineford Theta agrees across seeds", {
   skip_if_not_installed("lavaan")
-  # The multiplicative loop alone stops where the relative change of the
-  # objective falls below 1e-8 while X still moves, so Theta differs in its
-  # second or third digit between seeds; the polished fit must agree to
-  # three significant digits and reach an objective no higher than the best
-  # plain run.
+  # The published loop stops where the relative change of the objective
+  # falls below 1e-8 while X and sigma2 still move, so Theta differs in its
+  # second digit between seeds; the polished fit must agree to three
+  # significant digits.
   polished <- lapply(1:10, fit_hs)
   plain <- lapply(1:10, fit_hs, polish = FALSE)
   thetas <- sapply(polished, function(fit) as.double(fit$Theta))
-  reference <- thetas[, 1]
+  plain_thetas <- sapply(plain, function(fit) as.double(fit$Theta))
   for (seed in 2:10) {
-    expect_equal(signif(thetas[, seed], 3), signif(reference, 3))
+    expect_equal(signif(thetas[, seed], 3), signif(thetas[, 1], 3))
   }
-  best_plain <- min(sapply(plain, function(fit) utils::tail(fit$objective, 1)))
-  for (fit in polished) {
-    expect_true(fit$converged)
-    expect_lte(utils::tail(fit$objective, 1), best_plain * (1 + 1e-9))
-  }
+  # The check has teeth: the plain loop disagrees in the third digit.
+  expect_true(any(signif(plain_thetas, 3) != signif(plain_thetas[, 1], 3)))
+  for (fit in polished) expect_true(fit$converged)
 })
 
 test_that("stationarity residuals are below tolerance", {
@@ -38,23 +39,33 @@ test_that("stationarity residuals are below tolerance", {
   fit <- fit_hs(1)
   expect_identical(fit$stop_reason,
                    "relative change below epsilon and stationarity residuals below tolerance")
-  expect_lt(fit$optimum$kkt_x, 1e-6)
-  expect_lt(fit$optimum$kkt_theta, 1e-6)
+  expect_lt(fit$optimum$kkt_x, 1e-9)
+  expect_lt(fit$optimum$kkt_theta, 1e-9)
+  expect_lt(fit$optimum$variance_change, 1e-9)
   plain <- fit_hs(1, polish = FALSE)
   # The plain loop stops far from stationarity in X, which is why seeds disagree.
   expect_gt(plain$optimum$kkt_x, 1e-4)
 })
 
-test_that("Orthodont polishing keeps the published fit", {
+test_that("Orthodont polishing keeps the published estimates", {
   d <- orthodont_data()
-  polished <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
-                    control = nmfre_control(inference = FALSE))
-  plain <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
-                 control = nmfre_control(inference = FALSE, polish = FALSE))
+  polished <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21)
+  plain <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21, control = nmfre_control(polish = FALSE))
   expect_identical(polished$optimum$paper_iterations, plain$iterations)
   expect_within(polished$Theta, plain$Theta, tolerance = 0.01)
-  expect_identical(polished$sigma2, plain$sigma2)
-  expect_lt(polished$optimum$kkt_x, 1e-6)
+  se <- function(fit) fit$inference$coefficients[, "Std. Error"]
+  expect_within(se(polished) / se(plain), c(1, 1), tolerance = 0.001)
+  expect_lt(polished$optimum$kkt_x, 1e-9)
+})
+
+test_that("holding the variances keeps the published sigma2", {
+  d <- orthodont_data()
+  held <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+                control = nmfre_control(inference = FALSE, polish_variances = FALSE))
+  plain <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
+                 control = nmfre_control(inference = FALSE, polish = FALSE))
+  expect_identical(held$sigma2, plain$sigma2)
+  expect_within(held$dfU, plain$dfU, tolerance = 1e-3)
 })
 
 test_that("several starts keep the lowest objective", {
@@ -74,10 +85,10 @@ test_that("several starts keep the lowest objective", {
   expect_identical(again$Theta, fit$Theta)
 })
 
-test_that("polishing can move the variances to their fixed point", {
+test_that("polishing moves the variances to their fixed point", {
   d <- orthodont_data()
   fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
-               control = nmfre_control(inference = FALSE, polish_variances = TRUE))
+               control = nmfre_control(inference = FALSE))
   # At the fixed point sigma2 equals the mean squared residual.
   expect_equal(fit$sigma2, fit$rss / length(d$Y), tolerance = 1e-6)
 })

@@ -7,7 +7,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
 use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
-use crate::dfcap::{effective_df, lambda_at_cap, raise_lambda_to_cap, CapRule};
+use crate::dfcap::{effective_df, raise_lambda_to_cap, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
 use crate::linalg::{symmetric_eigenvalues, Cholesky};
@@ -15,8 +15,6 @@ use crate::nnls::nnls_gram;
 
 /// Floor for X and Theta and for the denominators of the multiplicative updates.
 pub const EPS: f64 = 1e-10;
-/// dfU / cap at or above which the cap counts as binding.
-pub const BINDING_RATIO: f64 = 0.99;
 /// Bounds that sigma2 and tau2 are clipped to after each update.
 pub const VARIANCE_MIN: f64 = 1e-12;
 pub const VARIANCE_MAX: f64 = 1e12;
@@ -89,8 +87,8 @@ impl Default for FitOptions {
             start: StartValues::default(),
             threads: 1,
             polish: true,
-            kkt_tolerance: 1e-6,
-            polish_variances: false,
+            kkt_tolerance: 1e-9,
+            polish_variances: true,
             nstart: 0,
         }
     }
@@ -631,7 +629,6 @@ pub(crate) fn fit_from(
     let mut stop_reason = StopReason::MaxIterations;
     let mut iterations = 0;
     let mut polishing = false;
-    let mut cap_bound_when_polishing = false;
     let mut paper_iterations = 0;
     let (mut kkt_x, mut kkt_theta, mut variance_change) = (f64::NAN, f64::NAN, 0.0);
 
@@ -646,10 +643,17 @@ pub(crate) fn fit_from(
         cross_product(&state.x, &state.x, &mut work.gram);
         eigenvalues = symmetric_eigenvalues(&work.gram)?;
         lambda = state.sigma2 / state.tau2;
-        if let (Some(cap), true) = (cap, polishing && cap_bound_when_polishing) {
-            // The cap set lambda when the multiplicative phase ended; keep
-            // dfU on it while X moves, lowering lambda if need be.
-            lambda = lambda_at_cap(&eigenvalues, lambda, n, cap).lambda;
+        if let (Some(cap), true) = (cap, polishing) {
+            // While polishing, tau2 is the largest value up to its start
+            // that keeps dfU within the cap. The multiplicative phase keeps
+            // tau2 from the last iteration at which the cap raised lambda,
+            // which makes its end point depend on the path; this rule is a
+            // fixed point of that phase whenever sigma2 no longer rises, and
+            // the same for every path.
+            lambda = state.sigma2 / options.tau2_start;
+            if effective_df(&eigenvalues, lambda, n) > cap {
+                lambda = raise_lambda_to_cap(&eigenvalues, lambda, n, cap).lambda;
+            }
             state.tau2 = state.sigma2 / lambda;
         } else if let Some(cap) = cap {
             if effective_df(&eigenvalues, lambda, n) > cap {
@@ -779,8 +783,6 @@ pub(crate) fn fit_from(
                     break;
                 }
                 polishing = true;
-                cap_bound_when_polishing =
-                    cap.is_some_and(|cap| effective_df(&eigenvalues, lambda, n) >= BINDING_RATIO * cap);
             }
         } else {
             let stationary = kkt_x < options.kkt_tolerance
