@@ -12,7 +12,7 @@ pub const LAMBDA_MAX: f64 = 1e12;
 /// Absolute tolerance, in lambda, of the bracketing root search.
 pub const LAMBDA_TOLERANCE: f64 = 1e-8;
 
-/// How the ceiling on dfU is set.
+/// Rule that sets the ceiling on dfU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CapRule {
     /// No ceiling; tau2 follows its own update.
@@ -168,7 +168,8 @@ mod tests {
             let solution = lambda_at_cap(&eigenvalues, start, 50, 30.0);
             assert!(solution.reached);
             let df = effective_df(&eigenvalues, solution.lambda, 50);
-            assert!(df <= 30.0 + 1e-12 && 30.0 - df < 1e-6, "start {start}: dfU {df}");
+            assert!(df <= 30.0 + 1e-12, "start {start}: dfU {df} above the cap");
+            assert!(30.0 - df < 1e-6, "start {start}: dfU {df} below the cap");
         }
     }
 

@@ -53,7 +53,7 @@ pub struct FitOptions {
     pub sigma2_update_from: usize,
     /// sigma2 is updated at every iteration that is a multiple of this.
     pub sigma2_update_every: usize,
-    /// Update tau2 each iteration when the cap is off; false holds it fixed.
+    /// Update tau2 each iteration when the cap is off; false keeps it fixed.
     pub update_tau2: bool,
     pub start: StartValues,
     pub threads: usize,
@@ -94,7 +94,7 @@ impl Default for FitOptions {
     }
 }
 
-/// Why the loop ended.
+/// Reason the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Converged,
@@ -647,9 +647,9 @@ pub(crate) fn fit_from(
             // While polishing, tau2 is the largest value up to its start
             // that keeps dfU within the cap. The multiplicative phase keeps
             // tau2 from the last iteration at which the cap raised lambda,
-            // which makes its end point depend on the path; this rule is a
-            // fixed point of that phase whenever sigma2 no longer rises, and
-            // the same for every path.
+            // so its end point depends on the path. This rule gives a fixed
+            // point of that phase whenever sigma2 no longer rises, and the
+            // same one for every path.
             lambda = state.sigma2 / options.tau2_start;
             if effective_df(&eigenvalues, lambda, n) > cap {
                 lambda = raise_lambda_to_cap(&eigenvalues, lambda, n, cap).lambda;
@@ -734,7 +734,7 @@ pub(crate) fn fit_from(
         }
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
-        // the cap. Polishing either holds them, so that the fit is the
+        // the cap. Polishing either keeps them, so that the fit is the
         // stationary point at the variances the damped schedule reached, or
         // (with `polish_variances`) moves them straight to their fixed points
         // sigma2 = mean(R^2) and the tau2 target.
@@ -1066,8 +1066,8 @@ fn order_bases(state: &mut State) {
 mod tests {
     use super::*;
 
-    /// A small non-negative data set from a known rank-2 structure plus a
-    /// deterministic perturbation.
+    /// Builds a small non-negative data set from a known rank-2 structure
+    /// plus a deterministic perturbation.
     fn example(p: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
         let mut y = Vec::with_capacity(p * n);
         for j in 0..n {
