@@ -75,17 +75,30 @@ nmfre_dfscan <- function(Y, ...) {
 }
 
 #' @rdname nmfre_dfscan
+#' @param data,subset,na.action,unit,occasion For the formula method, as in
+#'   [nmfre.formula()]: the data frame, the units to keep, the handling of
+#'   missing values, and for long layout the unit and occasion columns.
+#' @export
+nmfre_dfscan.formula <- function(Y, data = NULL, rank = 2, rates = seq(0.1, 1, by = 0.1),
+                                 theta = c("nonneg", "free"), control = nmfre_control(),
+                                 subset, na.action, unit = NULL, occasion = NULL, ...) {
+  call <- match.call()
+  check_no_dots(...)
+  theta <- match_option(theta, "theta", c("nonneg", "free"))
+  built <- formula_design(Y, data, theta, call$subset, na.action, unit, occasion,
+                          parent.frame())
+  scan <- nmfre_dfscan.default(built$design$Y, built$A, rank = rank, rates = rates,
+                               theta = theta, control = control)
+  attr(scan, "call") <- call
+  scan
+}
+
+#' @rdname nmfre_dfscan
 #' @export
 nmfre_dfscan.default <- function(Y, A = NULL, rank = 2, rates = seq(0.1, 1, by = 0.1),
                                  theta = c("nonneg", "free"),
                                  control = nmfre_control(), ...) {
   call <- match.call()
-  # Limitation: no formula method yet, so formula users must build Y and A
-  # themselves before scanning.
-  if (inherits(Y, "formula")) {
-    stop(paste0("nmfre_dfscan() does not take a formula yet. Build Y (P x N) and ",
-                "A (K x N) as matrices and pass them as `Y` and `A`."), call. = FALSE)
-  }
   check_no_dots(...)
   theta <- match_option(theta, "theta", c("nonneg", "free"))
   control <- check_scan_control(check_control(control))

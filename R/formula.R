@@ -80,22 +80,16 @@ nmfre.formula <- function(Y, data = NULL, rank = 2, df_rate = 0.1,
   call[[1L]] <- as.name("nmfre")
   check_no_dots(...)
   theta <- match_option(theta, "theta", c("nonneg", "free"))
-  formula <- check_model_formula(Y)
-  check_data(data)
-  unit <- check_layout_formula(unit, "unit")
-  occasion <- check_layout_formula(occasion, "occasion")
-  layout <- choose_layout(unit, occasion)
-  if (layout == "long") formula <- expand_dot_long(formula, data, unit, occasion)
-  check_formula_variables(formula, unit, occasion, data)
-  check_response_variables(formula, data)
-
-  frame <- build_frame(formula, data, call$subset, unit, occasion, parent.frame())
-  frame <- drop_incomplete_units(frame, layout, na.action)
-  design <- if (layout == "wide") wide_design(frame) else long_design(frame, unit, occasion)
-  A <- covariate_matrix(design$unit_frame, design$terms, theta)
-  contrasts <- attr(A, "contrasts")
-  attr(A, "contrasts") <- NULL
-  check_formula_response(design$Y, design$response_label)
+  built <- formula_design(Y, data, theta, call$subset, na.action, unit, occasion,
+                          parent.frame())
+  formula <- built$formula
+  design <- built$design
+  frame <- built$frame
+  layout <- built$layout
+  unit <- built$unit
+  occasion <- built$occasion
+  A <- built$A
+  contrasts <- built$contrasts
 
   fit <- nmfre.default(design$Y, A, rank = rank, df_rate = df_rate, theta = theta,
                        control = control)
@@ -110,6 +104,30 @@ nmfre.formula <- function(Y, data = NULL, rank = 2, df_rate = 0.1,
   fit$layout <- list(type = layout, unit = unit, occasion = occasion,
                      occasions = design$occasions, response = design$response_label)
   fit
+}
+
+# Builds Y (P x N) and A (K x N) from a formula and data, in wide or long
+# layout, with the frame and design kept for the fit's methods. `subset` is
+# the unevaluated subset expression of the caller.
+formula_design <- function(formula, data, theta, subset, na.action, unit, occasion, env) {
+  formula <- check_model_formula(formula)
+  check_data(data)
+  unit <- check_layout_formula(unit, "unit")
+  occasion <- check_layout_formula(occasion, "occasion")
+  layout <- choose_layout(unit, occasion)
+  if (layout == "long") formula <- expand_dot_long(formula, data, unit, occasion)
+  check_formula_variables(formula, unit, occasion, data)
+  check_response_variables(formula, data)
+
+  frame <- build_frame(formula, data, subset, unit, occasion, env)
+  frame <- drop_incomplete_units(frame, layout, na.action)
+  design <- if (layout == "wide") wide_design(frame) else long_design(frame, unit, occasion)
+  A <- covariate_matrix(design$unit_frame, design$terms, theta)
+  contrasts <- attr(A, "contrasts")
+  attr(A, "contrasts") <- NULL
+  check_formula_response(design$Y, design$response_label)
+  list(formula = formula, design = design, frame = frame, layout = layout,
+       unit = unit, occasion = occasion, A = A, contrasts = contrasts)
 }
 
 # ---- argument checks -------------------------------------------------------

@@ -110,7 +110,21 @@ test_that("scan rejects invalid rates and controls", {
   expect_error(nmfre_dfscan(d$Y, d$A, rank = 1, control = nmfre_control(df_cap = 3)),
                "df_cap = NULL")
   expect_error(nmfre_dfscan(d$Y, d$A, rank = 1, unknown = 1), "Unknown argument")
-  expect_error(nmfre_dfscan(distance ~ Sex, data = d), "does not take a formula yet")
+})
+
+test_that("formula scan equals matrix scan", {
+  d <- orthodont_data()
+  orthodont <- as.data.frame(nlme::Orthodont)
+  orthodont$Sex <- relevel(factor(orthodont$Sex, ordered = FALSE), "Female")
+  control <- nmfre_control(tau2_start = 100, polish = FALSE)
+  by_formula <- nmfre_dfscan(distance ~ Sex, data = orthodont, unit = ~ Subject,
+                             occasion = ~ age, rank = 1, rates = c(0.1, 0.9),
+                             control = control)
+  by_matrix <- nmfre_dfscan(d$Y, d$A, rank = 1, rates = c(0.1, 0.9), control = control)
+  expect_identical(by_formula$dfU, by_matrix$dfU)
+  expect_identical(attr(by_formula, "chosen_rate"), attr(by_matrix, "chosen_rate"))
+  expect_error(nmfre_dfscan(distance ~ Sex, data = orthodont, unit = ~ Subject),
+               "occasion")
 })
 
 test_that("df_rate NULL keeps the scan and its choice", {
