@@ -124,6 +124,10 @@ check_covariates <- function(A, N, theta) {
          call. = FALSE)
   }
   storage.mode(A) <- "double"
+  if (nrow(A) == 0L) {
+    stop("`A` has no rows; give at least one covariate, or A = NULL for an intercept.",
+         call. = FALSE)
+  }
   if (ncol(A) != N) {
     stop(sprintf(paste0("`A` has %d columns but `Y` has %d units; A must be K x N ",
                         "with one column per unit (transpose it if its rows are units)."),
@@ -131,6 +135,11 @@ check_covariates <- function(A, N, theta) {
   }
   check_finite(A, "A")
   if (is.null(rownames(A))) rownames(A) <- paste0("A", seq_len(nrow(A)))
+  if (anyDuplicated(rownames(A))) {
+    stop(sprintf("`A` has duplicated row names (%s); give each covariate its own name.",
+                 paste0("'", unique(rownames(A)[duplicated(rownames(A))]), "'", collapse = ", ")),
+         call. = FALSE)
+  }
   if (theta == "nonneg" && any(A < 0)) {
     bad <- rownames(A)[apply(A < 0, 1, any)]
     stop(sprintf(paste0("`A` has negative values in %s, but non-negative Theta ",

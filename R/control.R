@@ -25,12 +25,15 @@
 #'   third digit, can depend on the seed.
 #' @param kkt_tolerance Tolerance on the stationarity residuals: the
 #'   Frobenius norm of the projected gradient of each block divided by that
-#'   of the gradient's data term, so that one value suits any data scale.
+#'   of the gradient's data term, so that the residual does not depend on
+#'   the units of Y.
 #' @param polish_variances While polishing, move sigma2 (and tau2 when the
 #'   cap is off) straight to their fixed points `mean(R^2)` and the tau2
-#'   target instead of holding them at the values the damped schedule
-#'   reached. The default holds them, which keeps the ridge penalty of the
-#'   published algorithm.
+#'   target (the default), so that the fit does not depend on where the
+#'   damped schedule stopped. `FALSE` keeps them at the values the damped
+#'   schedule reached, which keeps the ridge penalty of the published
+#'   algorithm. With the cap on, polishing sets tau2 to the largest value up
+#'   to `tau2_start` that keeps dfU within the cap.
 #' @param nstart Number of random starts run, in parallel, besides the
 #'   NNDSVDar start. Start s draws X from stream s of the ChaCha20 generator
 #'   seeded with `seed`; the fit with the lowest final objective is kept and

@@ -205,11 +205,13 @@ warn_fit_problems <- function(fit) {
   if (isTRUE(fit$cap$binding)) {
     warning(binding_cap_message(fit), call. = FALSE)
   }
-  at_bound <- c(sigma2 = fit$sigma2, tau2 = fit$tau2)
+  # The bounds apply on the scale the core fitted, Y / fit$scale.
+  scale2 <- if (is.null(fit$scale)) 1 else fit$scale^2
+  at_bound <- c(sigma2 = fit$sigma2, tau2 = fit$tau2) / scale2
   at_bound <- at_bound[at_bound <= 1e-12 * (1 + 1e-9) | at_bound >= 1e12 * (1 - 1e-9)]
   if (length(at_bound) > 0L) {
-    warning(sprintf(paste0("%s reached its clipping bound [1e-12, 1e12]; the ",
-                           "variance estimate is unreliable. Rescale Y."),
+    warning(sprintf(paste0("%s reached the clipping bound [1e-12, 1e12] of the ",
+                           "variances; the estimate is unreliable. Rescale Y."),
                     paste(names(at_bound), collapse = " and ")), call. = FALSE)
   }
   at_zero <- if (fit$theta == "nonneg") theta_at_lower_bound(fit) else FALSE

@@ -66,10 +66,10 @@
 #' set.seed(1)
 #' wide <- data.frame(group = gl(2, 15, labels = c("a", "b")))
 #' scores <- 10 + 5 * (wide$group == "b") + rnorm(30)
-#' wide$x1 <- 0.2 * scores + rnorm(30, sd = 0.1)
-#' wide$x2 <- 0.3 * scores + rnorm(30, sd = 0.1)
-#' wide$x3 <- 0.5 * scores + rnorm(30, sd = 0.1)
-#' fit_wide <- nmfre(cbind(x1, x2, x3) ~ group, data = wide, rank = 1,
+#' wide$x1 <- 0.2 * scores + rnorm(30, sd = 1)
+#' wide$x2 <- 0.3 * scores + rnorm(30, sd = 1)
+#' wide$x3 <- 0.5 * scores + rnorm(30, sd = 1)
+#' fit_wide <- nmfre(cbind(x1, x2, x3) ~ group, data = wide, rank = 1, df_rate = 0.5,
 #'                   control = nmfre_control(B = 100))
 #' fixef(fit_wide)
 #' @export

@@ -257,6 +257,10 @@ confint.nmfre <- function(object, parm, level = 0.95, method = c("Wald", "boot")
       stop(sprintf("Unknown coefficient(s) in `parm`: %s. Valid names look like '%s'.",
                    paste(setdiff(parm, labels), collapse = ", "), labels[1]), call. = FALSE)
     }
+    if (is.numeric(parm) && any(is.na(parm) | parm < 1 | parm > length(labels))) {
+      stop(sprintf("`parm` positions must be between 1 and %d, the number of coefficients.",
+                   length(labels)), call. = FALSE)
+    }
     bounds <- bounds[parm, , drop = FALSE]
   }
   bounds
@@ -277,6 +281,11 @@ confint.nmfre <- function(object, parm, level = 0.95, method = c("Wald", "boot")
 #'   statistic, its degrees of freedom and the p-value.
 #' @export
 anova.nmfre <- function(object, ...) {
+  if (length(list(...)) > 0L) {
+    stop(paste0("anova() on an nmfre fit takes one fit and gives joint Wald tests on its ",
+                "Theta; comparing fits is not supported. Use AIC() or BIC() to compare them."),
+         call. = FALSE)
+  }
   inference <- require_inference(object, "anova()")
   Theta <- object$Theta
   Q <- nrow(Theta)

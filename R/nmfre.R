@@ -16,6 +16,14 @@
 #' cap, lambda is raised until it does not. Without the cap, lambda can
 #' collapse, U absorbs the noise and every standard error shrinks.
 #'
+#' With the cap on, tau2 is not estimated: it stays at `tau2_start` unless
+#' the cap lowers it, so lambda follows sigma2 and the fit, its standard
+#' errors and whether the cap binds depend on the units of Y. Limitation:
+#' results are comparable only between data sets on the same scale; rescale
+#' Y to the scale the method was designed for (for example [0, 1] per
+#' measurement, or the original units as in its published examples) and
+#' report the scale with the results.
+#'
 #' Inference on Theta, computed by default, conditions on the fitted X and U:
 #' sandwich standard errors from the asymptotic linearisation, and a
 #' multiplier (wild) bootstrap of one-step Newton updates that needs no
@@ -26,7 +34,8 @@
 #'   [nmfre.formula()].
 #' @param A Covariates, a numeric K x N matrix with one column per unit and
 #'   named rows; `NULL` means an intercept only. A numeric vector of length N
-#'   is taken as one covariate.
+#'   is taken as one covariate and no intercept is added; use
+#'   `rbind("(Intercept)" = 1, x = x)` for both.
 #' @param rank Number of bases Q, between 1 and min(P, N).
 #' @param df_rate Rate of the df cap: dfU is kept at or below
 #'   `max(df_rate * N * rank, 1)`. `NULL` chooses the rate by the automatic

@@ -142,3 +142,28 @@ test_that("a cap that binds gives a warning", {
                        control = nmfre_control(inference = FALSE)),
                  "The df cap binds at the end of the fit")
 })
+
+test_that("duplicated or missing covariate rows are rejected", {
+  d <- good()
+  A <- rbind(a = 1, a = d$A["male", ])
+  expect_error(fit_quietly(d$Y, A, rank = 1), "duplicated row names \\('a'\\)")
+  expect_error(fit_quietly(d$Y, matrix(0, 0, 27), rank = 1), "`A` has no rows")
+})
+
+test_that("confint and anova reject misuse", {
+  d <- good()
+  fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21, control = nmfre_control(B = 0))
+  expect_error(confint(fit, parm = 99), "between 1 and 2")
+  expect_error(anova(fit, fit), "comparing fits is not supported")
+})
+
+test_that("early convergence still estimates sigma2", {
+  # This fit converges before iteration 50, where the damped sigma2 update
+  # starts; polishing must still move sigma2 off its start value 1.
+  set.seed(42)
+  Y <- matrix(rexp(150, 0.1), 5, 30)
+  fit <- suppressWarnings(nmfre(Y, runif(30), rank = 1,
+                                control = nmfre_control(inference = FALSE)))
+  expect_lt(fit$optimum$paper_iterations, 50)
+  expect_equal(fit$sigma2, fit$rss / length(Y), tolerance = 1e-8)
+})

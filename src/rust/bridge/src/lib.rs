@@ -325,7 +325,8 @@ fn nmfre_infer_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, fitted: List, opti
             None
         };
         let settings = InferenceOptions { sigma2_rule, information, bootstrap };
-        let result = infer(&data, &conditioning, &settings).map_err(core_error)?;
+        let mut poller = InterruptPoller::new();
+        let result = infer(&data, &conditioning, &settings, &mut || poller.poll()).map_err(core_error)?;
 
         let boot: Robj = match &result.bootstrap {
             Some(boot) => list!(

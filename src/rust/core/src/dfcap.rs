@@ -82,6 +82,20 @@ pub struct CapSolution {
 /// secant method because it keeps the returned end of the bracket on the
 /// feasible side, so dfU never exceeds the cap by rounding.
 pub fn raise_lambda_to_cap(eigenvalues: &[f64], lambda: f64, units: usize, cap: f64) -> CapSolution {
+    raise_lambda_to_cap_within(eigenvalues, lambda, units, cap, LAMBDA_TOLERANCE)
+}
+
+/// Same as [`raise_lambda_to_cap`] with an absolute `tolerance` in lambda.
+/// Polishing uses a tolerance near rounding, because a root found only to
+/// 1e-8 moves lambda, and so sigma2, by more than the stationarity test
+/// allows from one iteration to the next.
+pub fn raise_lambda_to_cap_within(
+    eigenvalues: &[f64],
+    lambda: f64,
+    units: usize,
+    cap: f64,
+    tolerance: f64,
+) -> CapSolution {
     let df = |value: f64| effective_df(eigenvalues, value, units);
     if df(lambda) <= cap {
         return CapSolution { lambda, reached: true };
@@ -97,7 +111,7 @@ pub fn raise_lambda_to_cap(eigenvalues: &[f64], lambda: f64, units: usize, cap: 
         high = (high * 10.0).min(LAMBDA_MAX);
     }
 
-    while high - low > LAMBDA_TOLERANCE {
+    while high - low > tolerance {
         let middle = 0.5 * (low + high);
         if middle <= low || middle >= high {
             break;

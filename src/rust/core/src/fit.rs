@@ -7,7 +7,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
 use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
-use crate::dfcap::{effective_df, raise_lambda_to_cap, CapRule};
+use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
 use crate::linalg::{symmetric_eigenvalues, Cholesky};
@@ -652,7 +652,8 @@ pub(crate) fn fit_from(
             // same one for every path.
             lambda = state.sigma2 / options.tau2_start;
             if effective_df(&eigenvalues, lambda, n) > cap {
-                lambda = raise_lambda_to_cap(&eigenvalues, lambda, n, cap).lambda;
+                let tolerance = 1e-14 * lambda.max(1e-300);
+                lambda = raise_lambda_to_cap_within(&eigenvalues, lambda, n, cap, tolerance).lambda;
             }
             state.tau2 = state.sigma2 / lambda;
         } else if let Some(cap) = cap {
@@ -744,8 +745,11 @@ pub(crate) fn fit_from(
         }
         let damping_sigma2 = if polishing { 1.0 } else { 0.05 };
         let damping_tau2 = if polishing { 1.0 } else { 0.2 };
-        let sigma2_due = !freeze && iteration >= options.sigma2_update_from
-            && (polishing || iteration % options.sigma2_update_every == 0);
+        // Polishing updates sigma2 even before `sigma2_update_from`, because
+        // a fit that converged early would otherwise keep sigma2_start.
+        let sigma2_due = !freeze
+            && (polishing
+                || iteration >= options.sigma2_update_from && iteration % options.sigma2_update_every == 0);
         if sigma2_due {
             let mean_square = rss / (p * n) as f64;
             let updated = ((1.0 - damping_sigma2) * state.sigma2 + damping_sigma2 * mean_square)

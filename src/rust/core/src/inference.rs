@@ -7,6 +7,8 @@
 //! `s_n = -vec(X' r_n a_n') / sigma2` and the information is
 //! `kron(A A', X'X - X'X M^{-1} X'X) / sigma2`, `M = X'X + lambda I`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -142,7 +144,16 @@ pub struct Conditioning<'a> {
 }
 
 /// Computes the covariances of vec(Theta) and, when asked, the bootstrap.
-pub fn infer(data: &Data<'_>, fitted: &Conditioning<'_>, options: &InferenceOptions) -> Result<Inference> {
+///
+/// `interrupted` is polled on the calling thread while the bootstrap runs;
+/// when it returns true the replicates stop and the call returns
+/// `NmfreError::Interrupted`.
+pub fn infer(
+    data: &Data<'_>,
+    fitted: &Conditioning<'_>,
+    options: &InferenceOptions,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<Inference> {
     let (p, n, k) = (data.p, data.n, data.k);
     let q = fitted.x.cols;
     check_shape("X", fitted.x.data.len(), p, q)?;
@@ -253,7 +264,7 @@ pub fn infer(data: &Data<'_>, fitted: &Conditioning<'_>, options: &InferenceOpti
     product(&half, &inverse_information, &mut sandwich);
 
     let bootstrap = match &options.bootstrap {
-        Some(settings) => Some(bootstrap(fitted.theta, &inverse_information, &scores, settings)?),
+        Some(settings) => Some(bootstrap(fitted.theta, &inverse_information, &scores, settings, interrupted)?),
         None => None,
     };
 
@@ -265,7 +276,13 @@ pub fn infer(data: &Data<'_>, fitted: &Conditioning<'_>, options: &InferenceOpti
 /// Replicate b draws its N weights from ChaCha20 stream b of `seed`, so every
 /// replicate is the same whatever the thread count. A replicate costs
 /// O(N QK + (QK)^2) once the scores are known.
-pub fn bootstrap(theta: &Dense, h: &Dense, scores: &Dense, settings: &BootstrapOptions) -> Result<BootstrapResult> {
+pub fn bootstrap(
+    theta: &Dense,
+    h: &Dense,
+    scores: &Dense,
+    settings: &BootstrapOptions,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<BootstrapResult> {
     let b_count = settings.replicates;
     if b_count < 2 {
         return Err(NmfreError::InvalidInput(format!("`B` must be at least 2, not {b_count}")));
@@ -277,12 +294,21 @@ pub fn bootstrap(theta: &Dense, h: &Dense, scores: &Dense, settings: &BootstrapO
     let qk = scores.cols;
     let estimate = &theta.data;
 
-    let ranges = column_chunks(b_count, settings.threads.max(1), n * qk + qk * qk);
+    // Work is split over threads (at least two, so that this thread is free
+    // to poll for interrupts when the bootstrap is long) and each worker
+    // checks `cancel` between replicates.
+    let cancel = AtomicBool::new(false);
+    let long_job = b_count.saturating_mul(n * qk + qk * qk) > 50_000_000;
+    let threads = if long_job { settings.threads.max(2) } else { settings.threads.max(1) };
+    let ranges = column_chunks(b_count, threads, n * qk + qk * qk);
     let draw_range = |range: std::ops::Range<usize>| -> Vec<f64> {
         let mut out = Vec::with_capacity(range.len() * qk);
         let mut weights = vec![0.0; n];
         let mut gradient = vec![0.0; qk];
         for replicate in range {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
             let mut rng = ChaCha20Rng::seed_from_u64(settings.seed);
             rng.set_stream(replicate as u64);
             for w in weights.iter_mut() {
@@ -308,12 +334,21 @@ pub fn bootstrap(theta: &Dense, h: &Dense, scores: &Dense, settings: &BootstrapO
         std::thread::scope(|scope| {
             let draw_range = &draw_range;
             let handles: Vec<_> = ranges.into_iter().map(|range| scope.spawn(move || draw_range(range))).collect();
+            while !handles.iter().all(|handle| handle.is_finished()) {
+                if interrupted() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             handles
                 .into_iter()
                 .map(|handle| handle.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload)))
                 .collect()
         })
     };
+    if cancel.load(Ordering::Relaxed) {
+        return Err(NmfreError::Interrupted);
+    }
 
     // Chunks hold replicates row by row; store them as a B x QK matrix.
     let mut replicates = Dense::zeros(b_count, qk);
@@ -382,6 +417,25 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_stops_when_interrupted() {
+        // 40000 replicates of 2000 scores make a long job, so the calling
+        // thread polls `interrupted` while the workers draw.
+        let scores = Dense::from_vec(2000, 1, (0..2000).map(|i| (i % 7) as f64 - 3.0).collect());
+        let h = Dense::from_vec(1, 1, vec![1.0]);
+        let theta = Dense::from_vec(1, 1, vec![1.0]);
+        let settings = BootstrapOptions {
+            replicates: 40_000,
+            weights: WeightKind::Normal,
+            seed: 1,
+            project: false,
+            level: 0.95,
+            threads: 1,
+        };
+        let result = bootstrap(&theta, &h, &scores, &settings, &mut || true);
+        assert_eq!(result.unwrap_err(), NmfreError::Interrupted);
+    }
+
+    #[test]
     fn bootstrap_is_identical_across_thread_counts() {
         let scores = Dense::from_vec(300, 2, (0..600).map(|i| ((i * 37) % 17) as f64 - 8.0).collect());
         let h = Dense::from_vec(2, 2, vec![0.5, 0.1, 0.1, 0.3]);
@@ -394,8 +448,8 @@ mod tests {
             level: 0.95,
             threads,
         };
-        let one = bootstrap(&theta, &h, &scores, &settings(1)).unwrap();
-        let four = bootstrap(&theta, &h, &scores, &settings(4)).unwrap();
+        let one = bootstrap(&theta, &h, &scores, &settings(1), &mut || false).unwrap();
+        let four = bootstrap(&theta, &h, &scores, &settings(4), &mut || false).unwrap();
         assert_eq!(one.replicates, four.replicates);
     }
 }

@@ -58,7 +58,7 @@ fn orthodont_sandwich_and_bootstrap_match_reference() {
             threads: 1,
         }),
     };
-    let inference = infer(&data, &conditioning, &settings).unwrap();
+    let inference = infer(&data, &conditioning, &settings, &mut || false).unwrap();
     let se: Vec<f64> = (0..2).map(|i| inference.sandwich.get(i, i).sqrt()).collect();
     let boot = inference.bootstrap.unwrap();
     println!("sandwich se {se:?} boot se {:?} sigma2 {}", boot.se, inference.sigma2);

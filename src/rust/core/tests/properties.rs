@@ -63,7 +63,7 @@ fn random_problems_give_finite_fits_or_typed_errors() {
                     information: InformationRule::Corrected,
                     bootstrap: None,
                 };
-                if let Ok(inference) = infer(&data, &conditioning, &settings) {
+                if let Ok(inference) = infer(&data, &conditioning, &settings, &mut || false) {
                     assert!(inference.sandwich.data.iter().all(|v| v.is_finite()), "case {case}: non-finite sandwich");
                 }
             }
