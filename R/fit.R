@@ -82,6 +82,11 @@ fit_nmfre <- function(Y, A, rank, df_rate, theta, control) {
   }
   options <- fit_options(Y, A, rank, df_rate, theta, control, scale)
   raw <- unscale_raw(rust_fit(if (scale == 1) Y else Y / scale, A, options), scale)
+  if (!all(is.finite(c(raw$sigma2, raw$tau2, raw$rss)))) {
+    stop(sprintf(paste0("The fitted variances overflow on Y's scale (mean about %.0e): ",
+                        "divide Y by a power of 10, such as 10^%d, and refit."),
+                 scale, round(log10(scale))), call. = FALSE)
+  }
   fit <- assemble_fit(raw, Y, A, rank, df_rate, theta, control)
   fit$scale <- scale
   warn_fit_problems(fit)

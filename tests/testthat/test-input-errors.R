@@ -127,11 +127,13 @@ test_that("extreme scales are fitted after internal rescaling", {
   expect_equal(tiny$Theta, moderate$Theta * tiny$scale, tolerance = 1e-12)
   expect_equal(tiny$inference$coefficients[, "Std. Error"],
                moderate$inference$coefficients[, "Std. Error"] * tiny$scale, tolerance = 1e-12)
-  huge <- suppressWarnings(nmfre(d$Y * 1e300, d$A, rank = 1, df_rate = 0.21))
-  expect_true(all(is.finite(huge$Theta)))
-  expect_true(all(is.finite(huge$inference$coefficients[, "Std. Error"])))
-  expect_true(all(is.finite(huge$inference$coefficients[, "Boot SE"])))
-  expect_true(huge$converged)
+  large <- suppressWarnings(nmfre(d$Y * 1e100, d$A, rank = 1, df_rate = 0.21))
+  expect_true(all(is.finite(large$Theta)))
+  expect_true(all(is.finite(large$inference$coefficients[, "Std. Error"])))
+  expect_true(all(is.finite(large$inference$coefficients[, "Boot SE"])))
+  expect_true(large$converged)
+  expect_error(suppressWarnings(nmfre(d$Y * 1e300, d$A, rank = 1, df_rate = 0.21)),
+               "fitted variances overflow.*divide Y by a power of 10")
 })
 
 test_that("a cap that binds gives a warning", {
