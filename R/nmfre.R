@@ -20,7 +20,7 @@
 #' the cap lowers it, so lambda follows sigma2 and the fit, its standard
 #' errors and whether the cap binds depend on the units of Y. Limitation:
 #' results are comparable only between data sets on the same scale; rescale
-#' Y to the scale the method was designed for (for example [0, 1] per
+#' Y to the scale the method was designed for (for example 0 to 1 per
 #' measurement, or the original units as in its published examples) and
 #' report the scale with the results.
 #'
