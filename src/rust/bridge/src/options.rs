@@ -1,6 +1,6 @@
 //! Typed access to the named option lists that the R side builds. The R
-//! side validates user input first, so an error here means the R code and
-//! the bridge disagree; the message names the field either way.
+//! side validates user input first, so an error here means that the R code
+//! and the bridge disagree. The message names the field in either case.
 
 use extendr_api::prelude::*;
 

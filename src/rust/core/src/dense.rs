@@ -211,6 +211,22 @@ pub fn product(left: &Dense, right: &Dense, out: &mut Dense) {
     }
 }
 
+/// Waits for scoped worker threads on the calling thread, polling
+/// `interrupted` every 20 ms and setting `cancel` when it returns true, so
+/// that R's interrupt check stays on R's thread while the workers run.
+pub fn wait_polling_interrupts<T>(
+    handles: &[std::thread::ScopedJoinHandle<'_, T>],
+    interrupted: &mut dyn FnMut() -> bool,
+    cancel: &std::sync::atomic::AtomicBool,
+) {
+    while !handles.iter().all(|handle| handle.is_finished()) {
+        if interrupted() {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Splits the column range `0..columns` into at most `threads` contiguous
 /// chunks, in order. One chunk when `threads` is 1 or the work is small.
 pub fn column_chunks(columns: usize, threads: usize, work_per_column: usize) -> Vec<std::ops::Range<usize>> {

@@ -805,6 +805,9 @@ pub(crate) fn fit_from(
     order_bases(&mut state);
     cross_product(&state.x, &state.x, &mut work.gram);
     eigenvalues = symmetric_eigenvalues(&work.gram).unwrap_or(eigenvalues);
+    // NOTE: the cap sets lambda before the last X-step, so dfU at the final
+    // X can exceed the cap by about as much as X still moved (1e-8 relative
+    // on converged fits, more on fits stopped at maxit).
     let dfu = effective_df(&eigenvalues, lambda, n);
 
     Ok(Fit {
@@ -882,17 +885,19 @@ fn kronecker(outer: &Dense, inner: &Dense) -> Dense {
 /// normalisation moves between X and (Theta, U).
 ///
 /// Normalising X's columns to sum 1 rescales basis q in X, Theta and U by a
-/// factor every iteration, so at a fixed point the gradient vanishes only
-/// after each basis's part of the gradient, `contributions[q]`, is rescaled:
-/// `sum_q c_q contributions[q] - negative_part` with `c` fitted by least
-/// squares over the entries off the floor. The result is the norm of that
-/// projected gradient (its positive part dropped on the floor) relative to
-/// the norm of `negative_part`, so that one tolerance suits any data scale.
+/// factor every iteration. At a fixed point the gradient therefore vanishes
+/// only after each basis's part of it, `contributions[q]`, is rescaled by a
+/// factor `c_q`, fitted by least squares over the entries off the floor.
+/// The result is the norm of the rescaled, projected gradient (its positive
+/// part dropped on the floor) relative to the norm of `negative_part`, so
+/// the residual does not depend on the units of Y.
 fn stationarity_residual(value: &Dense, contributions: &[Dense], negative_part: &Dense) -> f64 {
     // Normalisation rescales a value on the floor by the column sum of X,
     // which is near 1 close to a fixed point; 1.5 EPS still marks it.
     let on_floor = |v: f64| v <= 1.5 * EPS;
     let q = contributions.len();
+
+    // Normal equations for the per-basis factors c.
     let mut normal = Dense::zeros(q, q);
     let mut rhs = vec![0.0; q];
     for i in 0..value.data.len() {
@@ -907,7 +912,8 @@ fn stationarity_residual(value: &Dense, contributions: &[Dense], negative_part: 
             }
         }
     }
-    // Scales that cannot be fitted (a basis with no free entry) stay at 1.
+
+    // Factors that cannot be fitted (a basis with no free entry) stay at 1.
     let mut scale = vec![1.0; q];
     for a in 0..q {
         normal.data[a + q * a] += 1e-14 * normal.data[a + q * a].abs().max(f64::MIN_POSITIVE);
@@ -920,12 +926,14 @@ fn stationarity_residual(value: &Dense, contributions: &[Dense], negative_part: 
             }
         }
     }
+
     let mut squared = 0.0;
     for i in 0..value.data.len() {
         let gradient: f64 = (0..q).map(|a| scale[a] * contributions[a].data[i]).sum::<f64>() - negative_part.data[i];
         let projected = if on_floor(value.data[i]) { gradient.min(0.0) } else { gradient };
         squared += projected * projected;
     }
+
     let reference = negative_part.squared_norm().sqrt();
     if reference > 0.0 {
         squared.sqrt() / reference

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::dense::{column_chunks, cross_product, outer_product_sum, product, Dense};
+use crate::dense::{column_chunks, wait_polling_interrupts, cross_product, outer_product_sum, product, Dense};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::fit::Data;
 use crate::linalg::Cholesky;
@@ -334,12 +334,7 @@ pub fn bootstrap(
         std::thread::scope(|scope| {
             let draw_range = &draw_range;
             let handles: Vec<_> = ranges.into_iter().map(|range| scope.spawn(move || draw_range(range))).collect();
-            while !handles.iter().all(|handle| handle.is_finished()) {
-                if interrupted() {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            wait_polling_interrupts(&handles, interrupted, &cancel);
             handles
                 .into_iter()
                 .map(|handle| handle.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload)))

@@ -139,9 +139,11 @@ mod tests {
         let first = nndsvdar(y.as_ref(), 3, 42, Par::Seq).unwrap();
         let second = nndsvdar(y.as_ref(), 3, 42, Par::Seq).unwrap();
         assert_eq!(first, second);
-        assert!(first.data.iter().all(|&v| v > 0.0 && v.is_finite()));
+        assert!(first.data.iter().all(|&v| v > 0.0));
+        assert!(first.data.iter().all(|&v| v.is_finite()));
         let wide = Dense::from_vec(10, 6, (0..60).map(|i| ((i * 31) % 11) as f64).collect());
         let tall = nndsvdar(wide.as_ref(), 4, 1, Par::Seq).unwrap();
-        assert!(tall.data.iter().all(|&v| v > 0.0 && v.is_finite()));
+        assert!(tall.data.iter().all(|&v| v > 0.0));
+        assert!(tall.data.iter().all(|&v| v.is_finite()));
     }
 }

@@ -7,12 +7,11 @@
 //! the same whatever the thread count.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::dense::Dense;
+use crate::dense::{wait_polling_interrupts, Dense};
 use crate::error::{NmfreError, Result};
 use crate::fit::{fit_from, initial_state, normalise, Data, Fit, FitOptions, StartSummary, State};
 
@@ -66,13 +65,8 @@ pub(crate) fn fit_from_several_starts(
                 })
             })
             .collect();
-        // Only this thread may ask R about interrupts; workers watch `cancel`.
-        while !handles.iter().all(|handle| handle.is_finished()) {
-            if interrupted() {
-                cancel.store(true, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Only this thread may ask R about interrupts, so workers watch `cancel`.
+        wait_polling_interrupts(&handles, interrupted, &cancel);
         for handle in handles {
             match handle.join() {
                 Ok(list) => {

@@ -52,7 +52,9 @@ fn random_problems_give_finite_fits_or_typed_errors() {
                 if theta_mode == ThetaMode::NonNegative {
                     assert!(result.theta.data.iter().all(|&v| v >= 0.0), "case {case}: negative Theta");
                 }
-                assert!(result.sigma2.is_finite() && result.tau2.is_finite() && result.dfu.is_finite());
+                assert!(result.sigma2.is_finite(), "case {case}: non-finite sigma2");
+                assert!(result.tau2.is_finite(), "case {case}: non-finite tau2");
+                assert!(result.dfu.is_finite(), "case {case}: non-finite dfU");
                 assert!(result.dfu <= (n * q) as f64 + 1e-9);
                 if let Some(cap) = result.cap {
                     assert!(cap > 0.0);
@@ -68,7 +70,7 @@ fn random_problems_give_finite_fits_or_typed_errors() {
                 }
             }
             Err(error) => {
-                // Typed errors are acceptable; their text must say something.
+                // Typed errors are acceptable, but their message must not be empty.
                 assert!(!error.to_string().is_empty());
             }
         }
