@@ -17,16 +17,25 @@
 #'   every iteration that is a multiple of `sigma2_update_every`.
 #' @param update_tau2 When the df cap is off, update tau2 at every iteration
 #'   (`TRUE`) or hold it at `tau2_start` (`FALSE`).
-#' @param polish After the relative-change rule stops the multiplicative
-#'   updates, continue with exact non-negative least-squares solves for the
-#'   rows of X and for Theta (the same fixed points, reached far faster)
-#'   until the scaled projected gradients of X and Theta fall below
-#'   `kkt_tolerance`. Without it the stopping point, and so Theta in its
-#'   third digit, can depend on the seed.
-#' @param kkt_tolerance Tolerance on the stationarity residuals: the
-#'   Frobenius norm of the projected gradient of each block divided by that
-#'   of the gradient's data term, so that the residual does not depend on
-#'   the units of Y.
+#' @param polish After the relative-change rule stops the published loop,
+#'   continue the same updates, with the variances moved to their fixed
+#'   points, until one iteration changes no entry of X or Theta by more than
+#'   `kkt_tolerance` relative to its value. The relative change of the
+#'   objective can fall below `epsilon` while the multiplicative updates are
+#'   still creeping, so without polishing the stopping point, and so Theta
+#'   in its second or third digit, can depend on the seed.
+#' @param kkt_tolerance Tolerance on the fixed-point residuals of X and
+#'   Theta: the largest relative change of an entry in one iteration. For a
+#'   multiplicative update this is the projected gradient in its scaled
+#'   (complementarity) form, so it does not depend on the units of Y: an
+#'   entry off the floor 1e-10 changes unless its gradient vanishes, an
+#'   entry on the floor grows when its gradient points away from it. For
+#'   sign-free Theta the change is relative to the largest entry of its row.
+#' @param extrapolate While polishing, take squared extrapolation steps
+#'   (SQUAREM, Varadhan and Roland 2008) in the logarithms of X and Theta
+#'   every third iteration, each kept only when the next iteration's
+#'   fixed-point residual is smaller than before the step. The steps shorten
+#'   the path without changing the fixed point.
 #' @param polish_variances While polishing, move sigma2 (and tau2 when the
 #'   cap is off) straight to their fixed points `mean(R^2)` and the tau2
 #'   target (the default), so that the fit does not depend on where the
@@ -79,7 +88,7 @@ nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
                           sigma2_start = 1, tau2_start = 1,
                           sigma2_update_from = 50, sigma2_update_every = 10,
                           update_tau2 = TRUE, polish = TRUE, kkt_tolerance = 1e-9,
-                          polish_variances = TRUE, nstart = 0,
+                          polish_variances = TRUE, extrapolate = TRUE, nstart = 0,
                           df_cap = NULL, use_cap = TRUE,
                           start = NULL, basis_prefix = "Basis", threads = NULL,
                           verbose = FALSE, inference = TRUE, B = 500,
@@ -99,6 +108,7 @@ nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
   check_flag(update_tau2, "update_tau2")
   check_flag(polish, "polish")
   check_flag(polish_variances, "polish_variances")
+  check_flag(extrapolate, "extrapolate")
   check_whole(nstart, "nstart", min = 0, max = 10000)
   check_number(kkt_tolerance, "kkt_tolerance", min = 1e-15, max = 1)
   if (!is.null(df_cap)) check_number(df_cap, "df_cap", min = 1e-8, max = Inf)
@@ -137,7 +147,8 @@ nmfre_control <- function(maxit = 50000, epsilon = 1e-8, seed = 1,
          sigma2_update_from = sigma2_update_from,
          sigma2_update_every = sigma2_update_every, update_tau2 = update_tau2,
          polish = polish, kkt_tolerance = kkt_tolerance,
-         polish_variances = polish_variances, nstart = nstart,
+         polish_variances = polish_variances, extrapolate = extrapolate,
+         nstart = nstart,
          df_cap = df_cap, use_cap = use_cap, start = start,
          basis_prefix = basis_prefix, threads = threads, verbose = verbose,
          inference = inference, B = B, weights = weights, level = level,

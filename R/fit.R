@@ -42,7 +42,8 @@ fit_options <- function(Y, A, rank, df_rate, theta, control, scale = 1) {
          sigma2_update_every = control$sigma2_update_every,
          update_tau2 = control$update_tau2,
          polish = control$polish, kkt_tolerance = control$kkt_tolerance,
-         polish_variances = control$polish_variances, nstart = control$nstart,
+         polish_variances = control$polish_variances,
+         extrapolate = control$extrapolate, nstart = control$nstart,
          threads = resolve_threads(control$threads, length(Y))),
     cap_options(df_rate, control),
     start_options(control$start, nrow(Y), ncol(Y), nrow(A), rank, scale)
@@ -140,7 +141,7 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
 }
 
 # How the optimum was reached and certified: iterations of the published
-# multiplicative phase, stationarity residuals, and the agreement of starts.
+# multiplicative phase, fixed-point residuals, and the agreement of starts.
 optimum_record <- function(raw, Theta) {
   record <- list(paper_iterations = raw$paper_iterations, kkt_x = raw$kkt_x,
                  kkt_theta = raw$kkt_theta, variance_change = raw$variance_change,

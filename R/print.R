@@ -45,12 +45,12 @@ format_number <- function(x, digits = 4) format(signif(x, digits), trim = TRUE)
               format_number(objective, 8), status, iterations, stop_reason))
 }
 
-# How the optimum was certified: the phases of the loop, the stationarity
+# How the optimum was certified: the phases of the loop, the fixed-point
 # residuals and, with several starts, how far they agree.
 .prt_optimum <- function(optimum, iterations) {
   if (is.null(optimum)) return(invisible())
   polished <- iterations - optimum$paper_iterations
-  cat(sprintf("Optimum: %d multiplicative + %d polishing iterations; KKT residuals X %s, Theta %s\n",
+  cat(sprintf("Optimum: %d published + %d polishing iterations; fixed-point residuals X %s, Theta %s\n",
               optimum$paper_iterations, polished, format(signif(optimum$kkt_x, 2)),
               format(signif(optimum$kkt_theta, 2))))
   starts <- optimum$starts

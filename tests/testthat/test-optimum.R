@@ -32,19 +32,51 @@ test_that("Holzinger-Swineford Theta agrees across seeds", {
   # The check has teeth: the plain loop disagrees in the third digit.
   expect_true(any(signif(plain_thetas, 3) != signif(plain_thetas[, 1], 3)))
   for (fit in polished) expect_true(fit$converged)
+
+  # No seed's plain stopping point has a lower objective than the
+  # certified fit of any seed.
+  final <- function(fit) utils::tail(fit$objective, 1)
+  lowest_plain <- min(vapply(plain, final, double(1)))
+  for (fit in polished) expect_lte(final(fit), lowest_plain)
 })
 
-test_that("stationarity residuals are below tolerance", {
+test_that("fixed-point residuals are below tolerance", {
   skip_if_not_installed("lavaan")
   fit <- fit_hs(1)
   expect_identical(fit$stop_reason,
-                   "relative change below epsilon and stationarity residuals below tolerance")
+                   "relative change below epsilon and fixed-point residuals below tolerance")
   expect_lt(fit$optimum$kkt_x, 1e-9)
   expect_lt(fit$optimum$kkt_theta, 1e-9)
   expect_lt(fit$optimum$variance_change, 1e-9)
   plain <- fit_hs(1, polish = FALSE)
-  # The plain loop stops far from stationarity in X, which is why seeds disagree.
+  # The plain loop stops while X still moves, which is why seeds disagree.
   expect_gt(plain$optimum$kkt_x, 1e-4)
+})
+
+test_that("the certified fit is a fixed point of the published loop", {
+  skip_if_not_installed("lavaan")
+  fit <- fit_hs(1)
+  # 500 more iterations of the published loop from the certified fit, with
+  # sigma2 at the value it has there (the cap does not bind, tau2 = 1),
+  # leave Theta where it is. A stationary point of a different problem,
+  # such as exact least-squares blocks, would drift away here.
+  d <- hs_matrices()
+  again <- suppressWarnings(nmfre(d$Y, d$A, rank = 3, df_rate = 0.96,
+                                  control = nmfre_control(
+                                    polish = FALSE, epsilon = 0, maxit = 500,
+                                    inference = FALSE, sigma2_start = fit$sigma2,
+                                    start = list(X = fit$X, Theta = fit$Theta, U = fit$U))))
+  expect_false(fit$cap$hit)
+  expect_within(again$Theta, fit$Theta, tolerance = 1e-5 * max(fit$Theta))
+})
+
+test_that("extrapolation shortens the path but keeps the fixed point", {
+  skip_if_not_installed("lavaan")
+  fast <- fit_hs(2)
+  slow <- fit_hs(2, extrapolate = FALSE)
+  expect_true(slow$converged)
+  expect_lt(fast$iterations, slow$iterations)
+  expect_within(fast$Theta, slow$Theta, tolerance = 1e-4 * max(slow$Theta))
 })
 
 test_that("Orthodont polishing keeps the published estimates", {

@@ -129,6 +129,7 @@ fn fit_options(options: &Options, p: usize, n: usize, k: usize) -> std::result::
         polish: options.flag("polish")?,
         kkt_tolerance: options.real("kkt_tolerance")?,
         polish_variances: options.flag("polish_variances")?,
+        extrapolate: options.flag("extrapolate")?,
         nstart: options.count("nstart")?,
     })
 }

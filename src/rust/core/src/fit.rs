@@ -10,8 +10,8 @@ use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, produc
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
+use crate::accelerate::Extrapolation;
 use crate::linalg::{symmetric_eigenvalues, Cholesky};
-use crate::nnls::nnls_gram;
 
 /// Floor for X and Theta and for the denominators of the multiplicative updates.
 pub const EPS: f64 = 1e-10;
@@ -57,14 +57,17 @@ pub struct FitOptions {
     pub update_tau2: bool,
     pub start: StartValues,
     pub threads: usize,
-    /// After the relative-change rule is met, continue with exact block
-    /// solves and undamped variance updates until the stationarity
-    /// residuals fall below `kkt_tolerance`.
+    /// After the relative-change rule is met, continue the same updates,
+    /// with undamped variance updates, until the fixed-point residuals fall
+    /// below `kkt_tolerance`.
     pub polish: bool,
     pub kkt_tolerance: f64,
     /// While polishing, update sigma2 and tau2 undamped to their fixed
     /// points instead of holding them.
     pub polish_variances: bool,
+    /// While polishing, take squared extrapolation steps in log space that
+    /// are kept only when they bring X and Theta closer to a fixed point.
+    pub extrapolate: bool,
     /// Random starts run in addition to the NNDSVDar (or user) start; the fit
     /// with the lowest final objective is returned.
     pub nstart: usize,
@@ -89,6 +92,7 @@ impl Default for FitOptions {
             polish: true,
             kkt_tolerance: 1e-9,
             polish_variances: true,
+            extrapolate: true,
             nstart: 0,
         }
     }
@@ -98,7 +102,7 @@ impl Default for FitOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Converged,
-    /// Relative change and stationarity residuals both below their tolerances.
+    /// Relative change and fixed-point residuals both below their tolerances.
     Certified,
     MaxIterations,
 }
@@ -107,7 +111,7 @@ impl StopReason {
     pub fn describe(&self) -> &'static str {
         match self {
             StopReason::Converged => "relative change of the objective below epsilon",
-            StopReason::Certified => "relative change below epsilon and stationarity residuals below tolerance",
+            StopReason::Certified => "relative change below epsilon and fixed-point residuals below tolerance",
             StopReason::MaxIterations => "maximum number of iterations reached",
         }
     }
@@ -193,12 +197,11 @@ pub struct Fit {
     pub objective: Vec<f64>,
     /// Iterations of the multiplicative (paper's) phase; the rest polished.
     pub paper_iterations: usize,
-    /// Stationarity residual of X entering the last X-step: the scaled
-    /// projected gradient of ||max(Y,0) - X B||^2 at the current scores B,
-    /// after the per-column rescaling that normalisation absorbs.
+    /// Fixed-point residual of X over the last iteration (see
+    /// `fixed_point_residual`).
     pub kkt_x: f64,
-    /// The same for Theta entering the last Theta-step, against
-    /// X' max(max(Y,0) - X U, 0) A'.
+    /// The same for Theta; for sign-free Theta the change is relative to the
+    /// largest entry of its row.
     pub kkt_theta: f64,
     /// Largest relative change of sigma2 or tau2 at their last update.
     pub variance_change: f64,
@@ -319,7 +322,7 @@ fn validate_options(data: &Data<'_>, options: &FitOptions) -> Result<()> {
         }
     }
     if !(options.kkt_tolerance.is_finite() && options.kkt_tolerance > 0.0) {
-        return Err(NmfreError::InvalidInput("the stationarity tolerance must be a positive finite number".into()));
+        return Err(NmfreError::InvalidInput("the fixed-point tolerance must be a positive finite number".into()));
     }
     if options.sigma2_update_every == 0 {
         return Err(NmfreError::InvalidInput("the sigma2 update interval must be at least 1".into()));
@@ -631,12 +634,18 @@ pub(crate) fn fit_from(
     let mut polishing = false;
     let mut paper_iterations = 0;
     let (mut kkt_x, mut kkt_theta, mut variance_change) = (f64::NAN, f64::NAN, 0.0);
+    let mut x_before = state.x.clone();
+    let mut theta_before = state.theta.clone();
+    let mut jump = Jump::new(&state);
 
     for iteration in 1..=options.maxit {
         iterations = iteration;
         if interrupted() {
             return Err(NmfreError::Interrupted);
         }
+
+        x_before.copy_from(&state.x);
+        theta_before.copy_from(&state.theta);
 
         // U-step first: given X and Theta it has a closed form, and the
         // X- and Theta-steps below need the current random effects.
@@ -673,16 +682,9 @@ pub(crate) fn fit_from(
         }
         matmul(work.ybt.as_mut(), Accum::Replace, y_pos_ref, work.scratch.as_ref().transpose(), 1.0, par);
         gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
-        // Stationarity of the incoming X against the current scores: zero
-        // exactly when the update would leave X where it is.
         product(&state.x, &work.bbt, &mut work.x_denominator);
-        kkt_x = stationarity_residual(&state.x, &basis_parts_of_x_gradient(&state.x, &work.bbt), &work.ybt);
-        if polishing {
-            solve_basis_rows(&mut state.x, &work.bbt, &work.ybt);
-        } else {
-            for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
-                *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
-            }
+        for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
+            *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
         }
         normalise(&mut state.x, &mut state.theta, &mut state.u);
 
@@ -701,25 +703,21 @@ pub(crate) fn fit_from(
                     *value += c;
                 }
                 let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
-                kkt_theta = stationarity_residual(
-                    &state.theta,
-                    &basis_parts_of_theta_gradient(&work.gram, &state.theta, &work.aat),
-                    &numerator,
-                );
-                if polishing {
-                    let hessian = kronecker(&work.aat, &work.gram);
-                    state.theta.data = nnls_gram(&hessian, &numerator.data, EPS, &state.theta.data);
-                } else {
-                    for ((t, num), den) in state.theta.data.iter_mut().zip(&numerator.data).zip(&denominator.data) {
-                        *t = (*t * safe_divide(*num, *den, EPS)).max(EPS);
-                    }
+                for ((t, num), den) in state.theta.data.iter_mut().zip(&numerator.data).zip(&denominator.data) {
+                    *t = (*t * safe_divide(*num, *den, EPS)).max(EPS);
                 }
             }
             ThetaMode::Free => {
                 state.theta = free_theta(&work.xtw, &a, &work.gram, &work.aat)?;
-                kkt_theta = 0.0;
             }
         }
+
+        // X's bases are its columns, Theta's its rows.
+        kkt_x = fixed_point_residual(&x_before, &state.x, |i| i / p);
+        kkt_theta = match options.theta_mode {
+            ThetaMode::NonNegative => fixed_point_residual(&theta_before, &state.theta, |i| i % q),
+            ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
+        };
 
         // Residuals at the new parameters. X'Y for the next U-step follows
         // without another pass over Y: X'Y = X'(Y - X U) + X'X U.
@@ -796,6 +794,13 @@ pub(crate) fn fit_from(
                 stop_reason = StopReason::Certified;
                 break;
             }
+            if options.extrapolate {
+                let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
+                if moved {
+                    normalise(&mut state.x, &mut state.theta, &mut state.u);
+                    matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
+                }
+            }
         }
     }
     if paper_iterations == 0 {
@@ -835,6 +840,56 @@ pub(crate) fn fit_from(
     })
 }
 
+/// The extrapolation state of the polishing phase: the proposer, and the
+/// iterate a pending proposal replaced with the residual it had to beat.
+struct Jump {
+    extrapolation: Extrapolation,
+    pending: bool,
+    x: Dense,
+    theta: Dense,
+    residual: f64,
+}
+
+impl Jump {
+    fn new(state: &State) -> Self {
+        Jump {
+            extrapolation: Extrapolation::new(),
+            pending: false,
+            x: state.x.clone(),
+            theta: state.theta.clone(),
+            residual: f64::INFINITY,
+        }
+    }
+}
+
+/// Judges the last proposal by the fixed-point residual of the iteration
+/// that ran from it, going back to the iterate it replaced when the
+/// residual did not fall, and proposes the next jump when three iterates
+/// are recorded. Returns whether X and Theta were replaced, in which case
+/// X'Y must be recomputed.
+fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
+    if jump.pending {
+        jump.pending = false;
+        let accepted = residual < jump.residual;
+        jump.extrapolation.judge(accepted);
+        if !accepted {
+            state.x.copy_from(&jump.x);
+            state.theta.copy_from(&jump.theta);
+            jump.extrapolation.restart();
+            return true;
+        }
+    }
+    jump.extrapolation.record(&state.x, &state.theta);
+    jump.x.copy_from(&state.x);
+    jump.theta.copy_from(&state.theta);
+    if jump.extrapolation.propose(&mut state.x, &mut state.theta, EPS) {
+        jump.pending = true;
+        jump.residual = residual;
+        return true;
+    }
+    false
+}
+
 /// Sets U to the ridge solution `(X'X + lambda I)^{-1} X'(Y - X Theta A)`
 /// with one Cholesky factorisation, then centres its rows. Needs `work.gram`
 /// = X'X and `work.xty` = X'Y for the current X; leaves Theta A in
@@ -864,139 +919,47 @@ fn theta_gradient_part(gram: &Dense, theta: &Dense, aat: &Dense) -> Dense {
     out
 }
 
-/// Returns `kron(outer, inner)`, the Hessian of the Theta-step in vec(Theta).
-fn kronecker(outer: &Dense, inner: &Dense) -> Dense {
-    let (k, q) = (outer.rows, inner.rows);
-    let mut out = Dense::zeros(q * k, q * k);
-    for k1 in 0..k {
-        for k2 in 0..k {
-            for q1 in 0..q {
-                for q2 in 0..q {
-                    out.set(q1 + q * k1, q2 + q * k2, outer.get(k1, k2) * inner.get(q1, q2));
-                }
-            }
-        }
+/// Returns the fixed-point residual of a non-negative block (entries at or
+/// above the floor EPS) over one iteration: the largest relative growth
+/// `after / before - 1` of an entry, and the largest fall `before - after`
+/// relative to the largest entry of the entry's basis.
+///
+/// For a multiplicative update this is the projected gradient in its scaled
+/// form. A gradient that pulls an entry up counts in full, also on the
+/// floor, where such an entry creeps up slowly. A gradient that pushes an
+/// entry down counts in proportion to the entry, so an entry sinking towards
+/// the floor stops counting once it is negligible against its basis. The
+/// residual does not depend on the units of Y and is zero exactly at a fixed
+/// point of the updates. `basis_of(i)` gives the basis of entry i.
+fn fixed_point_residual(before: &Dense, after: &Dense, basis_of: impl Fn(usize) -> usize) -> f64 {
+    let bases = before.rows.max(before.cols);
+    let mut scale = vec![0.0f64; bases];
+    for (i, value) in before.data.iter().enumerate() {
+        scale[basis_of(i)] = scale[basis_of(i)].max(*value);
     }
-    out
+    let mut largest: f64 = 0.0;
+    for (i, (b, a)) in before.data.iter().zip(&after.data).enumerate() {
+        let change = if a > b { a / b - 1.0 } else { (b - a) / scale[basis_of(i)] };
+        largest = largest.max(change);
+    }
+    largest
 }
 
-/// Measures stationarity of a block `value >= EPS` whose half-gradient is
-/// `sum_q contributions[q] - negative_part`, up to the rescaling that
-/// normalisation moves between X and (Theta, U).
-///
-/// Normalising X's columns to sum 1 rescales basis q in X, Theta and U by a
-/// factor every iteration. At a fixed point the gradient therefore vanishes
-/// only after each basis's part of it, `contributions[q]`, is rescaled by a
-/// factor `c_q`, fitted by least squares over the entries off the floor.
-/// The result is the norm of the rescaled, projected gradient (its positive
-/// part dropped on the floor) relative to the norm of `negative_part`, so
-/// the residual does not depend on the units of Y.
-fn stationarity_residual(value: &Dense, contributions: &[Dense], negative_part: &Dense) -> f64 {
-    // Normalisation rescales a value on the floor by the column sum of X,
-    // which is near 1 close to a fixed point; 1.5 EPS still marks it.
-    let on_floor = |v: f64| v <= 1.5 * EPS;
-    let q = contributions.len();
-
-    // Normal equations for the per-basis factors c.
-    let mut normal = Dense::zeros(q, q);
-    let mut rhs = vec![0.0; q];
-    for i in 0..value.data.len() {
-        if on_floor(value.data[i]) {
+/// Returns the largest change of an entry of a sign-free Theta relative to
+/// the largest absolute entry of its row, so that entries near zero do not
+/// dominate.
+fn largest_row_scaled_change(before: &Dense, after: &Dense) -> f64 {
+    let mut largest: f64 = 0.0;
+    for row in 0..before.rows {
+        let scale = (0..before.cols).map(|k| before.get(row, k).abs()).fold(0.0, f64::max);
+        if scale == 0.0 {
             continue;
         }
-        for a in 0..q {
-            let ma = contributions[a].data[i];
-            rhs[a] += ma * negative_part.data[i];
-            for b in 0..q {
-                normal.data[a + q * b] += ma * contributions[b].data[i];
-            }
+        for k in 0..before.cols {
+            largest = largest.max((after.get(row, k) - before.get(row, k)).abs() / scale);
         }
     }
-
-    // Factors that cannot be fitted (a basis with no free entry) stay at 1.
-    let mut scale = vec![1.0; q];
-    for a in 0..q {
-        normal.data[a + q * a] += 1e-14 * normal.data[a + q * a].abs().max(f64::MIN_POSITIVE);
-    }
-    if let Ok(cholesky) = Cholesky::new(&normal, "the rescaling normal equations") {
-        cholesky.solve_in_place(&mut rhs);
-        for (s, r) in scale.iter_mut().zip(&rhs) {
-            if r.is_finite() && *r > 0.0 {
-                *s = *r;
-            }
-        }
-    }
-
-    let mut squared = 0.0;
-    for i in 0..value.data.len() {
-        let gradient: f64 = (0..q).map(|a| scale[a] * contributions[a].data[i]).sum::<f64>() - negative_part.data[i];
-        let projected = if on_floor(value.data[i]) { gradient.min(0.0) } else { gradient };
-        squared += projected * projected;
-    }
-
-    let reference = negative_part.squared_norm().sqrt();
-    if reference > 0.0 {
-        squared.sqrt() / reference
-    } else {
-        squared.sqrt()
-    }
-}
-
-/// Splits `X B B'` into the parts of each basis: part q is X[:, q] B_q B'.
-fn basis_parts_of_x_gradient(x: &Dense, bbt: &Dense) -> Vec<Dense> {
-    let (p, q) = (x.rows, x.cols);
-    (0..q)
-        .map(|basis| {
-            let mut part = Dense::zeros(p, q);
-            for j in 0..q {
-                let weight = bbt.get(basis, j);
-                for i in 0..p {
-                    part.set(i, j, x.get(i, basis) * weight);
-                }
-            }
-            part
-        })
-        .collect()
-}
-
-/// Splits `X'X Theta A A'` into the parts of each basis: part q is
-/// (X'X)[:, q] (Theta A A')[q, :].
-fn basis_parts_of_theta_gradient(gram: &Dense, theta: &Dense, aat: &Dense) -> Vec<Dense> {
-    let (q, k) = (theta.rows, theta.cols);
-    let mut theta_aat = Dense::zeros(q, k);
-    product(theta, aat, &mut theta_aat);
-    (0..q)
-        .map(|basis| {
-            let mut part = Dense::zeros(q, k);
-            for kk in 0..k {
-                let weight = theta_aat.get(basis, kk);
-                for row in 0..q {
-                    part.set(row, kk, gram.get(row, basis) * weight);
-                }
-            }
-            part
-        })
-        .collect()
-}
-
-/// Replaces each row of X by the exact solution of its non-negative least
-/// squares problem `min ||max(Y,0)_p - B' x||^2, x >= EPS`, given B B' and
-/// max(Y,0) B'. This has the same fixed points as the multiplicative update
-/// but reaches them in far fewer iterations.
-fn solve_basis_rows(x: &mut Dense, bbt: &Dense, ybt: &Dense) {
-    let (p, q) = (x.rows, x.cols);
-    let mut row = vec![0.0; q];
-    let mut target = vec![0.0; q];
-    for i in 0..p {
-        for qq in 0..q {
-            row[qq] = x.get(i, qq);
-            target[qq] = ybt.get(i, qq);
-        }
-        let solved = nnls_gram(bbt, &target, EPS, &row);
-        for (qq, value) in solved.into_iter().enumerate() {
-            x.set(i, qq, value);
-        }
-    }
+    largest
 }
 
 /// Centres each row of U to mean 0 across units, so that the random effects
@@ -1136,6 +1099,22 @@ mod tests {
             let u_mean = (0..n).map(|j| state.u.get(row, j)).sum::<f64>() / n as f64;
             assert!(u_mean.abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn fixed_point_residual_weighs_growth_and_fall() {
+        // One basis (column) of X with largest entry 0.5.
+        let before = Dense { rows: 3, cols: 1, data: vec![0.5, 1e-6, EPS] };
+        // Nothing moves: a fixed point.
+        assert_eq!(fixed_point_residual(&before, &before, |i| i / 3), 0.0);
+        // An entry on the floor that grows by 1% counts in full, although
+        // its absolute change is 1e-12.
+        let growing = Dense { rows: 3, cols: 1, data: vec![0.5, 1e-6, 1.01 * EPS] };
+        assert!((fixed_point_residual(&before, &growing, |i| i / 3) - 0.01).abs() < 1e-9);
+        // A small entry that sinks by 1% counts relative to the basis's
+        // largest entry: 1e-8 / 0.5.
+        let sinking = Dense { rows: 3, cols: 1, data: vec![0.5, 0.99e-6, EPS] };
+        assert!((fixed_point_residual(&before, &sinking, |i| i / 3) - 2e-8).abs() < 1e-15);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! All matrices are column-major, as R stores them. This crate has no R
 //! dependency; the bridge crate converts R objects.
 
+mod accelerate;
 pub mod dense;
 pub mod dfcap;
 pub mod error;
@@ -17,7 +18,6 @@ pub mod inference;
 pub mod init;
 pub mod linalg;
 pub mod multistart;
-pub mod nnls;
 pub mod scan;
 pub mod simulate;
 
