@@ -14,16 +14,23 @@
 # CAP_OFF_MAXIT = 5000 iterations because these fits do not converge. The
 # diagnostic settings (STRESS_START_SETTINGS) repeat cap 0.21 and cap off
 # from a covariate NMF fit (Y ~ X Theta A, no random effects) instead of
-# the NNDSVDar start.
+# the NNDSVDar start, with the default certified fit and with the published
+# loop alone (polish = FALSE), which stops before the fixed point.
 #
 # Summaries for Theta[Basis1, male]: bias, Monte Carlo SD, RMSE, mean
 # sandwich SE, mean bootstrap SE, rejection rate of the one-sided test at
 # 5%, coverage of the 95% Wald and bootstrap percentile intervals, mean
 # dfU / (N Q), share of fits whose cap binds at the end (dfU / cap >= 0.99),
-# share converged, mean iterations, and two summaries of the fitted basis:
+# share converged (certified at a fixed point, or for the published loop
+# alone its stopping rule met), share whose published stopping rule was met
+# (the first phase of a certified fit), mean iterations, and two summaries of the fitted basis:
 # the mean of X[1, 1] (0.45 in truth) and of the smallest eigenvalue of
 # X'X (0.0017 in truth: the flat basis is close to the mean of the others,
-# so the true X is nearly collinear).
+# so the true X is nearly collinear). Last, the same for the male effect
+# summed over the three bases (9.4285 or 0 in truth): bias, Monte Carlo SD,
+# mean sandwich SE (from vcov()) and Wald coverage. Because X's columns sum
+# to 1, this sum is the sex difference summed over the P measurements, which
+# does not depend on how the fit splits the nearly collinear bases.
 #
 # Run the full study from the package's root after installing it:
 #   R_LIBS=.Rlib Rscript inst/validation/stress.R [replicates] [B] [cores]
@@ -44,7 +51,11 @@ STRESS_SETTINGS <- list(
 # started from a covariate NMF fit.
 STRESS_START_SETTINGS <- list(
   "cap 0.21, NMF start" = list(df_rate = 0.21, control = list(), nmf_start = TRUE),
-  "cap off, NMF start" = list(df_rate = NULL, control = CAP_OFF, nmf_start = TRUE)
+  "cap off, NMF start" = list(df_rate = NULL, control = CAP_OFF, nmf_start = TRUE),
+  "cap 0.21, NMF start, published loop" =
+    list(df_rate = 0.21, control = list(polish = FALSE), nmf_start = TRUE),
+  "cap off, NMF start, published loop" =
+    list(df_rate = NULL, control = c(CAP_OFF, polish = FALSE), nmf_start = TRUE)
 )
 
 stress_truth <- function(hypothesis = c("alternative", "null")) {
@@ -54,7 +65,7 @@ stress_truth <- function(hypothesis = c("alternative", "null")) {
   male <- if (hypothesis == "alternative") 9.4285 else 0
   Theta <- cbind("(Intercept)" = rep(90.502 / 3, 3), male = c(male, 0, 0))
   A <- rbind("(Intercept)" = 1, male = rep(0:1, length.out = 100))
-  list(X = X, Theta = Theta, A = A, effect = male)
+  list(X = X, Theta = Theta, A = A, effect = male, total_effect = sum(Theta[, "male"]))
 }
 
 # Fits one setting (an element of STRESS_SETTINGS) and returns the
@@ -69,12 +80,21 @@ stress_fit <- function(Y, A, setting, B) {
 
   table <- fit$inference$coefficients
   row <- "Basis1:male"
+  # The male effect summed over the bases: the sex difference summed over
+  # the P measurements, because X's columns sum to 1. Unlike the effect on
+  # basis 1, it does not depend on how the fit splits the bases.
+  male_rows <- grep(":male$", rownames(table))
+  weights <- as.numeric(seq_len(nrow(table)) %in% male_rows)
+  total_se <- sqrt(drop(crossprod(weights, stats::vcov(fit) %*% weights)))
   c(estimate = table[row, "Estimate"], se = table[row, "Std. Error"],
+    total = sum(table[male_rows, "Estimate"]), total_se = total_se,
     boot_se = table[row, "Boot SE"], p = table[row, "Pr(>z)"],
     lower = table[row, "boot 2.5 %"], upper = table[row, "boot 97.5 %"],
     dfU_share = fit$dfU / (ncol(Y) * fit$rank),
     binding = if (fit$cap$type == "off") NA else as.numeric(fit$cap$binding),
-    converged = as.numeric(fit$converged), iterations = fit$iterations,
+    converged = as.numeric(fit$converged),
+    published_met = as.numeric(fit$converged || fit$optimum$paper_iterations < fit$iterations),
+    iterations = fit$iterations,
     x_first = unname(fit$X[1, 1]),
     min_eigen = min(eigen(crossprod(fit$X), only.values = TRUE)$values))
 }
@@ -98,7 +118,8 @@ stress_replicate <- function(replicate, hypothesis, settings, B) {
     stress_fit(sim$Y, sim$A, setting, B)
   })
   data.frame(hypothesis = hypothesis, replicate = replicate, setting = names(settings),
-             truth = truth$effect, do.call(rbind, rows), stringsAsFactors = FALSE)
+             truth = truth$effect, total_truth = truth$total_effect, do.call(rbind, rows),
+             stringsAsFactors = FALSE)
 }
 
 # Runs the study and returns the per-fit results; summarise them with
@@ -133,8 +154,12 @@ stress_summary <- function(results, level = 0.95) {
       wald_cover = mean(abs(error) <= z * g$se),
       pct_cover = mean(g$lower <= g$truth & g$truth <= g$upper),
       dfU_share = mean(g$dfU_share), cap_binds = mean(g$binding),
-      converged = mean(g$converged), iterations = mean(g$iterations),
+      converged = mean(g$converged), published_met = mean(g$published_met),
+      iterations = mean(g$iterations),
       x_first = mean(g$x_first), min_eigen = mean(g$min_eigen),
+      total_bias = mean(g$total - g$total_truth), total_sd = stats::sd(g$total),
+      total_se = mean(g$total_se),
+      total_cover = mean(abs(g$total - g$total_truth) <= z * g$total_se),
       stringsAsFactors = FALSE)
   })
   out <- do.call(rbind, rows)

@@ -70,6 +70,22 @@ test_that("the certified fit is a fixed point of the published loop", {
   expect_within(again$Theta, fit$Theta, tolerance = 1e-5 * max(fit$Theta))
 })
 
+test_that("an uncertified fit says how far it got", {
+  skip_if_not_installed("lavaan")
+  # Seed 1 meets the published rule after 1128 iterations and needs several
+  # thousand more to certify, so 2000 stop in between.
+  d <- hs_matrices()
+  messages <- character()
+  withCallingHandlers(
+    nmfre(d$Y, d$A, rank = 3, df_rate = 0.96,
+          control = nmfre_control(seed = 1, inference = FALSE, maxit = 2000)),
+    warning = function(w) {
+      messages <<- c(messages, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  expect_match(messages, "published stopping rule was met after 1128 iterations", all = FALSE)
+})
+
 test_that("extrapolation shortens the path but keeps the fixed point", {
   skip_if_not_installed("lavaan")
   fast <- fit_hs(2)
