@@ -18,8 +18,17 @@
 #'     `first_hit` and `last_hit` (iterations, NA when never), `binding`
 #'     (ratio >= 0.99 at the end).}
 #'   \item{`iterations`, `converged`, `stop_reason`}{Iterations run, whether
-#'     the relative change of the objective fell below `epsilon`, and why the
+#'     the fit converged (with `polish`, the default: the relative change of
+#'     the objective below `epsilon` and the fixed-point residuals below
+#'     `kkt_tolerance`; without it, the relative change alone), and why the
 #'     loop stopped.}
+#'   \item{`optimum`}{List describing how the optimum was reached:
+#'     `paper_iterations` (iterations of the published loop before
+#'     polishing), `kkt_x` and `kkt_theta` (fixed-point residuals of the last
+#'     iteration, see [nmfre_control()]), `variance_change` (relative change
+#'     of the variances at their last update), and with `nstart > 0` the
+#'     table `starts` and the spreads `objective_spread` and `theta_spread`
+#'     across starts.}
 #'   \item{`objective`}{Penalised objective after each iteration.}
 #'   \item{`rss`}{Residual sum of squares at the end.}
 #'   \item{`fitted`}{P x N fitted values `X (Theta A + U)`.}
