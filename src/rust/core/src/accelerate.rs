@@ -8,7 +8,7 @@
 //! with three iterates z0, z1, z2, r = z1 - z0 and v = z2 - 2 z1 + z0, the
 //! proposal is z0 - 2 a r + a^2 v with a = -||r|| / ||v||, clamped to
 //! [-step_limit, -1]; a = -1 gives z2 itself. The fit loop keeps a proposal
-//! only when the iteration from it changes X and Theta less than the
+//! only when the second iteration from it changes X and Theta less than the
 //! iteration before the jump did, so the fixed point of the updates is
 //! unchanged: only the path to it is shortened.
 

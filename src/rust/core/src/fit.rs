@@ -841,20 +841,26 @@ pub(crate) fn fit_from(
 }
 
 /// The extrapolation state of the polishing phase: the proposer, and the
-/// iterate a pending proposal replaced with the residual it had to beat.
+/// iterate a pending proposal replaced with the residual it has to beat.
 struct Jump {
     extrapolation: Extrapolation,
-    pending: bool,
+    /// Iterations run since the last proposal, while it awaits judgement.
+    pending: Option<usize>,
     x: Dense,
     theta: Dense,
     residual: f64,
 }
 
+/// Iterations run from a proposal before it is judged. The first one
+/// still carries the fast components that the jump excites, and those
+/// decay within one more iteration.
+const SETTLING_ITERATIONS: usize = 2;
+
 impl Jump {
     fn new(state: &State) -> Self {
         Jump {
             extrapolation: Extrapolation::new(),
-            pending: false,
+            pending: None,
             x: state.x.clone(),
             theta: state.theta.clone(),
             residual: f64::INFINITY,
@@ -862,14 +868,18 @@ impl Jump {
     }
 }
 
-/// Judges the last proposal by the fixed-point residual of the iteration
-/// that ran from it, going back to the iterate it replaced when the
+/// Judges the last proposal by the fixed-point residual of the second
+/// iteration run from it, going back to the iterate it replaced when the
 /// residual did not fall, and proposes the next jump when three iterates
 /// are recorded. Returns whether X and Theta were replaced, in which case
 /// X'Y must be recomputed.
 fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
-    if jump.pending {
-        jump.pending = false;
+    if let Some(run) = jump.pending {
+        if run + 1 < SETTLING_ITERATIONS {
+            jump.pending = Some(run + 1);
+            return false;
+        }
+        jump.pending = None;
         let accepted = residual < jump.residual;
         jump.extrapolation.judge(accepted);
         if !accepted {
@@ -883,7 +893,7 @@ fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
     jump.x.copy_from(&state.x);
     jump.theta.copy_from(&state.theta);
     if jump.extrapolation.propose(&mut state.x, &mut state.theta, EPS) {
-        jump.pending = true;
+        jump.pending = Some(0);
         jump.residual = residual;
         return true;
     }
