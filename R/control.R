@@ -33,9 +33,9 @@
 #'   sign-free Theta the change is relative to the largest entry of its row.
 #' @param extrapolate While polishing, take squared extrapolation steps
 #'   (SQUAREM, Varadhan and Roland 2008) in the logarithms of X and Theta
-#'   every third iteration, each kept only when the next iteration's
-#'   fixed-point residual is smaller than before the step. The steps shorten
-#'   the path without changing the fixed point.
+#'   every third iteration, each kept only when the fixed-point residual of
+#'   one of the two iterations after it is smaller than before the step.
+#'   The steps shorten the path without changing the fixed point.
 #' @param polish_variances While polishing, move sigma2 (and tau2 when the
 #'   cap is off) straight to their fixed points `mean(R^2)` and the tau2
 #'   target (the default), so that the fit does not depend on where the

@@ -2,15 +2,15 @@
 //!
 //! Near a fixed point the updates of X and Theta converge linearly, and
 //! slowly when an entry creeps towards or away from the floor. Every third
-//! iterate, a squared extrapolation step (Varadhan and Roland, 2008,
-//! Scandinavian Journal of Statistics 35, 335-353) is taken in log space,
-//! where the updates are multiplicative and positivity is kept for free:
-//! with three iterates z0, z1, z2, r = z1 - z0 and v = z2 - 2 z1 + z0, the
+//! iterate, a squared extrapolation step (SQUAREM, Varadhan and Roland
+//! 2008; see Du and Varadhan 2020, Journal of Statistical Software 92(7))
+//! is taken in log space, where the updates are multiplicative and
+//! positivity is kept for free. With three iterates z0, z1, z2, r = z1 - z0 and v = z2 - 2 z1 + z0, the
 //! proposal is z0 - 2 a r + a^2 v with a = -||r|| / ||v||, clamped to
 //! [-step_limit, -1]; a = -1 gives z2 itself. The fit loop keeps a proposal
-//! only when the second iteration from it changes X and Theta less than the
-//! iteration before the jump did, so the fixed point of the updates is
-//! unchanged: only the path to it is shortened.
+//! only when one of the two iterations after it changes X and Theta less
+//! than the iteration before the jump did. The fixed point of the updates
+//! is unchanged: only the path to it is shortened.
 
 use crate::dense::Dense;
 

@@ -851,8 +851,8 @@ struct Jump {
     residual: f64,
 }
 
-/// Iterations run from a proposal before it is judged. The first one
-/// still carries the fast components that the jump excites, and those
+/// Iterations a proposal gets to lower the residual. The first one still
+/// carries the fast components that the jump excites, and those often
 /// decay within one more iteration.
 const SETTLING_ITERATIONS: usize = 2;
 
@@ -868,19 +868,19 @@ impl Jump {
     }
 }
 
-/// Judges the last proposal by the fixed-point residual of the second
-/// iteration run from it, going back to the iterate it replaced when the
-/// residual did not fall, and proposes the next jump when three iterates
-/// are recorded. Returns whether X and Theta were replaced, in which case
+/// Judges the last proposal by the fixed-point residuals of the first two
+/// iterations run from it, going back to the iterate it replaced when
+/// neither fell below the residual before the jump, and proposes the next
+/// jump when three iterates are recorded. Returns whether X and Theta were replaced, in which case
 /// X'Y must be recomputed.
 fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
     if let Some(run) = jump.pending {
-        if run + 1 < SETTLING_ITERATIONS {
+        let accepted = residual < jump.residual;
+        if !accepted && run + 1 < SETTLING_ITERATIONS {
             jump.pending = Some(run + 1);
             return false;
         }
         jump.pending = None;
-        let accepted = residual < jump.residual;
         jump.extrapolation.judge(accepted);
         if !accepted {
             state.x.copy_from(&jump.x);
