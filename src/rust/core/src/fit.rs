@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
-use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
+use crate::dense::{column_chunks, cross_product, dot, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
@@ -428,58 +428,121 @@ fn block_columns(p: usize) -> usize {
     (32_768 / p.max(1)).clamp(16, 512)
 }
 
-/// Sets `work.xtw = X'(Y - X U)` and `work.scratch = X' (max(max(Y, 0) - X U,
-/// 0) - (Y - X U))`, the correction that turns `xtw` into the Theta-step's
+/// Sets `work.xty = X'Y` and `work.scratch = X' (max(max(Y, 0) - X U, 0) -
+/// (Y - X U))`, the correction that turns X'(Y - X U) into the Theta-step's
 /// numerator before the product with A'.
 ///
-/// Y is read once, a cache-sized block of columns at a time, so W = Y - X U
-/// is never stored whole. The correction is non-zero only where W or Y is
-/// negative, which is rare on non-negative data.
-fn remove_random_effects(y: &[f64], y_positive: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) {
+/// Y is read once, a cache-sized block of columns at a time: the product
+/// X'Y, then [`correct_column`] on each column while the block is in cache.
+fn project_data(y: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) {
     let (p, q) = (x.rows, x.cols);
-    let has_negative_y = !std::ptr::eq(y.as_ptr(), y_positive.as_ptr());
     let block = block_columns(p);
     let x_ref = x.as_ref();
-    for_column_pairs_mut(&mut work.xtw.data, &mut work.scratch.data, q, threads, 4 * p * q, |columns, xtw, correction| {
-        let mut w = vec![0.0; p * block];
+    let x_rows = transposed(x);
+    let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(|row| row.iter().fold(0.0, |high: f64, &v| high.max(v))).collect();
+    for_column_pairs_mut(&mut work.xty.data, &mut work.scratch.data, q, threads, 2 * p * q, |columns, xty, correction| {
         let mut start = columns.start;
         while start < columns.end {
             let end = (start + block).min(columns.end);
-            let width = end - start;
-            let local = start - columns.start;
-            let w_block = &mut w[..p * width];
-            w_block.copy_from_slice(&y[start * p..end * p]);
-            let mut w_mat = faer::MatMut::from_column_major_slice_mut(w_block, p, width);
-            let u_block = MatRef::from_column_major_slice(&u.data[start * q..end * q], q, width);
-            matmul(w_mat.as_mut(), Accum::Add, x_ref, u_block, -1.0, Par::Seq);
-            let xtw_block = faer::MatMut::from_column_major_slice_mut(&mut xtw[local * q..(local + width) * q], q, width);
-            matmul(xtw_block, Accum::Replace, x_ref.transpose(), w_mat.as_ref(), 1.0, Par::Seq);
-
-            // Only blocks with a negative entry in W (or in Y) need the
-            // positive-part correction; on non-negative data most have none.
-            let lift_needed = has_negative_y && y[start * p..end * p].iter().any(|&v| v < 0.0);
-            let any_negative = w_block.iter().fold(f64::INFINITY, |low, &v| low.min(v)) < 0.0;
-            let correction_block = &mut correction[local * q..(local + width) * q];
-            if !any_negative && !lift_needed {
-                correction_block.iter_mut().for_each(|v| *v = 0.0);
-            } else {
-                // delta = max(max(Y, 0) - X U, 0) - (Y - X U), stored over W.
-                for (index, value) in w_block.iter_mut().enumerate() {
-                    let cell = start * p + index;
-                    let lift = if lift_needed { y_positive[cell] - y[cell] } else { 0.0 };
-                    *value = (*value + lift).max(0.0) - *value;
-                }
-                let delta = MatRef::from_column_major_slice(w_block, p, width);
-                let out = faer::MatMut::from_column_major_slice_mut(correction_block, q, width);
-                matmul(out, Accum::Replace, x_ref.transpose(), delta, 1.0, Par::Seq);
+            let (local, local_end) = (start - columns.start, end - columns.start);
+            let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, end - start);
+            let xty_block = faer::MatMut::from_column_major_slice_mut(&mut xty[local * q..local_end * q], q, end - start);
+            matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
+            for column in start..end {
+                let offset = column - columns.start;
+                correct_column(
+                    &y[column * p..(column + 1) * p],
+                    &x_rows.data,
+                    &row_max,
+                    &u.data[column * q..(column + 1) * q],
+                    &mut correction[offset * q..(offset + 1) * q],
+                );
             }
             start = end;
         }
     });
 }
 
+/// Sets `out = X' delta` for one column y of Y and its random effects u,
+/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `x_rows` holds X's
+/// rows one after another and `row_max` each row's largest entry.
+///
+/// delta is zero in a cell where y is non-negative and at least (X u)_p.
+/// Since (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0), only cells below
+/// that bound (which include every negative cell) need (X u)_p at all. On
+/// data with few cells near zero that is a small share, so the Theta-step
+/// costs about one product X'Y instead of two (forming X U, then X'(Y - X U)).
+fn correct_column(y: &[f64], x_rows: &[f64], row_max: &[f64], u: &[f64], out: &mut [f64]) {
+    let q = u.len();
+    out.iter_mut().for_each(|v| *v = 0.0);
+    let positive_sum: f64 = u.iter().map(|v| v.max(0.0)).sum();
+    const LANES: usize = 8;
+    for (chunk, (values, maxima)) in y.chunks(LANES).zip(row_max.chunks(LANES)).enumerate() {
+        // A branch-free test of the whole chunk first, so that it vectorises.
+        let any_low = values.iter().zip(maxima).fold(false, |any, (v, m)| any | (*v < m * positive_sum));
+        if !any_low {
+            continue;
+        }
+        for (offset, (&value, &maximum)) in values.iter().zip(maxima).enumerate() {
+            if value >= maximum * positive_sum {
+                continue;
+            }
+            let row = chunk * LANES + offset;
+            let x_row = &x_rows[row * q..(row + 1) * q];
+            let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
+            let delta = (value.max(0.0) - fitted).max(0.0) - (value - fitted);
+            if delta != 0.0 {
+                out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
+            }
+        }
+    }
+}
+
+/// Returns the transpose of `matrix`.
+fn transposed(matrix: &Dense) -> Dense {
+    let mut out = Dense::zeros(matrix.cols, matrix.rows);
+    for j in 0..matrix.cols {
+        for (i, &value) in matrix.col(j).iter().enumerate() {
+            out.data[j + out.rows * i] = value;
+        }
+    }
+    out
+}
+
+/// Share of ||Y||^2 below which the residual sum of squares is computed by
+/// a pass over Y instead of from the Gram identity.
+const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
+
+/// Returns ||Y - X B||^2 for the scores B, given X'Y and X'X for the same X
+/// and `y_squared_norm` = ||Y||^2.
+///
+/// The Gram identity ||Y||^2 - 2 <X'Y, B> + <X'X, B B'> needs no pass over
+/// Y, but subtracts terms of size ||Y||^2 and so loses about log10(||Y||^2
+/// / RSS) digits. Below `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than
+/// four digits would be lost and rounding could approach the relative
+/// change that the stopping rule compares with epsilon, Y is read again.
+fn residual_sum_of_squares(
+    y: &[f64],
+    y_squared_norm: f64,
+    x: &Dense,
+    xty: &Dense,
+    gram: &Dense,
+    scores: &Dense,
+    threads: usize,
+) -> f64 {
+    let q = x.cols;
+    let mut scores_outer = Dense::zeros(q, q);
+    gemm(&mut scores_outer, scores, false, scores, true, 1.0, false, Par::Seq);
+    let from_gram = y_squared_norm - 2.0 * dot(&xty.data, &scores.data) + dot(&gram.data, &scores_outer.data);
+    if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
+        return from_gram;
+    }
+    residual_sum_of_squares_by_pass(y, x, scores, threads)
+}
+
 /// Returns ||Y - X scores||^2, reading Y once in cache-sized blocks.
-fn residual_sum_of_squares(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
+fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
+
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
     let x_ref = x.as_ref();
@@ -617,6 +680,7 @@ pub(crate) fn fit_from(
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
 
+    let y_squared_norm = sum_of_squares(data.y);
     let mut work = Workspace::new(p, n, q, k);
     outer_product_sum(&a, &a, &mut work.aat);
     matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
@@ -689,8 +753,12 @@ pub(crate) fn fit_from(
         // Theta-step against the data with the random effects removed,
         // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
         // one W itself.
+        // X'(Y - X U) = X'Y - X'X U; X'Y also serves the next U-step and
+        // the residual sum of squares.
         cross_product(&state.x, &state.x, &mut work.gram);
-        remove_random_effects(data.y, &y_positive, &state.x, &state.u, &mut work, threads);
+        project_data(data.y, &state.x, &state.u, &mut work, threads);
+        work.xtw.copy_from(&work.xty);
+        gemm(&mut work.xtw, &work.gram, false, &state.u, false, -1.0, true, par);
         match options.theta_mode {
             ThetaMode::NonNegative => {
                 let mut numerator = Dense::zeros(q, k);
@@ -721,18 +789,13 @@ pub(crate) fn fit_from(
             }
         }
 
-        // Residuals at the new parameters. X'Y for the next U-step follows
-        // without another pass over Y: X'Y = X'(Y - X U) + X'X U.
-        // `fixed` becomes Theta A + U here; the next U-step recomputes Theta A.
+        // Residuals at the new parameters. `fixed` becomes Theta A + U
+        // here; the next U-step recomputes Theta A.
         fixed_scores(&state.theta, &a, &mut work.fixed, par);
         for (f, u) in work.fixed.data.iter_mut().zip(&state.u.data) {
             *f += u;
         }
-        rss = residual_sum_of_squares(data.y, &state.x, &work.fixed, threads);
-        gemm(&mut work.xty, &work.gram, false, &state.u, false, 1.0, false, par);
-        for (value, w) in work.xty.data.iter_mut().zip(&work.xtw.data) {
-            *value += w;
-        }
+        rss = residual_sum_of_squares(data.y, y_squared_norm, &state.x, &work.xty, &work.gram, &work.fixed, threads);
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
