@@ -264,12 +264,11 @@ pub(crate) struct State {
 struct Workspace {
     /// X'Y for the current X (Q x N).
     xty: Dense,
-    /// Theta A (Q x N), or Theta A + U after the Theta-step.
+    /// Theta A for the current Theta (Q x N).
     fixed: Dense,
-    /// Right-hand side of the U-step, then positive part of Theta A + U (Q x N).
+    /// Positive part of Theta A + U in the X-step, then X'max(W, 0) (or
+    /// X'W for a sign-free Theta) in the Theta-step (Q x N).
     scratch: Dense,
-    /// X'(Y - X U) after the X-step (Q x N).
-    xtw: Dense,
     gram: Dense,
     ybt: Dense,
     bbt: Dense,
@@ -283,7 +282,6 @@ impl Workspace {
             xty: Dense::zeros(q, n),
             fixed: Dense::zeros(q, n),
             scratch: Dense::zeros(q, n),
-            xtw: Dense::zeros(q, n),
             gram: Dense::zeros(q, q),
             ybt: Dense::zeros(p, q),
             bbt: Dense::zeros(q, q),
@@ -428,13 +426,14 @@ fn block_columns(p: usize) -> usize {
     (32_768 / p.max(1)).clamp(16, 512)
 }
 
-/// Sets `work.xty = X'Y` and `work.scratch = X' (max(max(Y, 0) - X U, 0) -
-/// (Y - X U))`, the correction that turns X'(Y - X U) into the Theta-step's
-/// numerator before the product with A'.
+/// Sets `work.xty = X'Y` and, when `positive_part` is set, `work.scratch =
+/// X' (max(max(Y, 0) - X U, 0) - (Y - X U))`, the correction that turns
+/// X'(Y - X U) into X' max(W, 0) for the non-negative Theta-step; otherwise
+/// `work.scratch` = 0.
 ///
 /// Y is read once, a cache-sized block of columns at a time: the product
 /// X'Y, then [`correct_column`] on each column while the block is in cache.
-fn project_data(y: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) {
+fn project_data(y: &[f64], x: &Dense, u: &Dense, positive_part: bool, work: &mut Workspace, threads: usize) {
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
     let x_ref = x.as_ref();
@@ -450,13 +449,13 @@ fn project_data(y: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: 
             matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
             for column in start..end {
                 let offset = column - columns.start;
-                correct_column(
-                    &y[column * p..(column + 1) * p],
-                    &x_rows.data,
-                    &row_max,
-                    &u.data[column * q..(column + 1) * q],
-                    &mut correction[offset * q..(offset + 1) * q],
-                );
+                let out = &mut correction[offset * q..(offset + 1) * q];
+                if positive_part {
+                    let u_column = &u.data[column * q..(column + 1) * q];
+                    correct_column(&y[column * p..(column + 1) * p], &x_rows.data, &row_max, u_column, out);
+                } else {
+                    out.iter_mut().for_each(|v| *v = 0.0);
+                }
             }
             start = end;
         }
@@ -513,31 +512,27 @@ fn transposed(matrix: &Dense) -> Dense {
 /// a pass over Y instead of from the Gram identity.
 const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
 
-/// Returns ||Y - X B||^2 for the scores B, given X'Y and X'X for the same X
-/// and `y_squared_norm` = ||Y||^2.
+/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.xty`
+/// = X'Y, `work.gram` = X'X and `work.fixed` = Theta A for the same X and
+/// Theta, and `y_squared_norm` = ||Y||^2; sets `work.scratch` to B.
 ///
 /// The Gram identity ||Y||^2 - 2 <X'Y, B> + <X'X, B B'> needs no pass over
 /// Y, but subtracts terms of size ||Y||^2 and so loses about log10(||Y||^2
 /// / RSS) digits. Below `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than
 /// four digits would be lost and rounding could approach the relative
 /// change that the stopping rule compares with epsilon, Y is read again.
-fn residual_sum_of_squares(
-    y: &[f64],
-    y_squared_norm: f64,
-    x: &Dense,
-    xty: &Dense,
-    gram: &Dense,
-    scores: &Dense,
-    threads: usize,
-) -> f64 {
+fn residual_sum_of_squares(y: &[f64], y_squared_norm: f64, x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) -> f64 {
     let q = x.cols;
+    for ((s, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&u.data) {
+        *s = f + u;
+    }
     let mut scores_outer = Dense::zeros(q, q);
-    gemm(&mut scores_outer, scores, false, scores, true, 1.0, false, Par::Seq);
-    let from_gram = y_squared_norm - 2.0 * dot(&xty.data, &scores.data) + dot(&gram.data, &scores_outer.data);
+    gemm(&mut scores_outer, &work.scratch, false, &work.scratch, true, 1.0, false, Par::Seq);
+    let from_gram = y_squared_norm - 2.0 * dot(&work.xty.data, &work.scratch.data) + dot(&work.gram.data, &scores_outer.data);
     if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
         return from_gram;
     }
-    residual_sum_of_squares_by_pass(y, x, scores, threads)
+    residual_sum_of_squares_by_pass(y, x, &work.scratch, threads)
 }
 
 /// Returns ||Y - X scores||^2, reading Y once in cache-sized blocks.
@@ -683,6 +678,7 @@ pub(crate) fn fit_from(
     let y_squared_norm = sum_of_squares(data.y);
     let mut work = Workspace::new(p, n, q, k);
     outer_product_sum(&a, &a, &mut work.aat);
+    fixed_scores(&state.theta, &a, &mut work.fixed, par);
     matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
 
     let mut record = CapRecord::default();
@@ -729,7 +725,7 @@ pub(crate) fn fit_from(
                 record.last = Some(iteration);
             }
         }
-        update_random_effects(&mut state, &mut work, &a, lambda, par)?;
+        update_random_effects(&mut state, &mut work, lambda, par)?;
 
         // X-step: Lee-Seung update against the positive part of the scores.
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
@@ -753,21 +749,19 @@ pub(crate) fn fit_from(
         // Theta-step against the data with the random effects removed,
         // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
         // one W itself.
-        // X'(Y - X U) = X'Y - X'X U; X'Y also serves the next U-step and
-        // the residual sum of squares.
+        // X'(Y - X U) = X'Y - X'X U, so Y is read for X'Y only; X'Y also
+        // serves the next U-step and the residual sum of squares.
         cross_product(&state.x, &state.x, &mut work.gram);
-        project_data(data.y, &state.x, &state.u, &mut work, threads);
-        work.xtw.copy_from(&work.xty);
-        gemm(&mut work.xtw, &work.gram, false, &state.u, false, -1.0, true, par);
+        let positive_part = options.theta_mode == ThetaMode::NonNegative;
+        project_data(data.y, &state.x, &state.u, positive_part, &mut work, threads);
+        for (value, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
+            *value += xty;
+        }
+        gemm(&mut work.scratch, &work.gram, false, &state.u, false, -1.0, true, par);
         match options.theta_mode {
             ThetaMode::NonNegative => {
                 let mut numerator = Dense::zeros(q, k);
-                product_transposed(&work.xtw, &a, &mut numerator);
-                let mut correction = Dense::zeros(q, k);
-                product_transposed(&work.scratch, &a, &mut correction);
-                for (value, c) in numerator.data.iter_mut().zip(&correction.data) {
-                    *value += c;
-                }
+                product_transposed(&work.scratch, &a, &mut numerator);
                 let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
                 kkt_theta = stationarity_residual(
                     &state.theta,
@@ -784,18 +778,14 @@ pub(crate) fn fit_from(
                 }
             }
             ThetaMode::Free => {
-                state.theta = free_theta(&work.xtw, &a, &work.gram, &work.aat)?;
+                state.theta = free_theta(&work.scratch, &a, &work.gram, &work.aat)?;
                 kkt_theta = 0.0;
             }
         }
 
-        // Residuals at the new parameters. `fixed` becomes Theta A + U
-        // here; the next U-step recomputes Theta A.
+        // Residuals at the new parameters; Theta A also serves the next U-step.
         fixed_scores(&state.theta, &a, &mut work.fixed, par);
-        for (f, u) in work.fixed.data.iter_mut().zip(&state.u.data) {
-            *f += u;
-        }
-        rss = residual_sum_of_squares(data.y, y_squared_norm, &state.x, &work.xty, &work.gram, &work.fixed, threads);
+        rss = residual_sum_of_squares(data.y, y_squared_norm, &state.x, &state.u, &mut work, threads);
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -899,21 +889,19 @@ pub(crate) fn fit_from(
 }
 
 /// Sets U to the ridge solution `(X'X + lambda I)^{-1} X'(Y - X Theta A)`
-/// with one Cholesky factorisation, then centres its rows. Needs `work.gram`
-/// = X'X and `work.xty` = X'Y for the current X; leaves Theta A in
-/// `work.fixed`.
-fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lambda: f64, par: Par) -> Result<()> {
+/// with one Cholesky factorisation, then centres its rows. Needs
+/// `work.gram` = X'X, `work.xty` = X'Y and `work.fixed` = Theta A for the
+/// current X and Theta.
+fn update_random_effects(state: &mut State, work: &mut Workspace, lambda: f64, par: Par) -> Result<()> {
     let q = state.x.cols;
     let mut ridge = work.gram.clone();
     for i in 0..q {
         ridge.data[i + q * i] += lambda;
     }
     let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
-    fixed_scores(&state.theta, a, &mut work.fixed, par);
-    work.scratch.copy_from(&work.xty);
-    gemm(&mut work.scratch, &work.gram, false, &work.fixed, false, -1.0, true, par);
-    cholesky.solve_columns_with(&mut work.scratch, par);
-    state.u.copy_from(&work.scratch);
+    state.u.copy_from(&work.xty);
+    gemm(&mut state.u, &work.gram, false, &work.fixed, false, -1.0, true, par);
+    cholesky.solve_columns_with(&mut state.u, par);
     centre_rows(&mut state.u);
     Ok(())
 }
@@ -1174,7 +1162,8 @@ mod tests {
         cross_product(&state.x, &state.x, &mut work.gram);
         cross_product(&state.x, &y_dense, &mut work.xty);
         let lambda = 0.7;
-        update_random_effects(&mut state, &mut work, &a, lambda, Par::Seq).unwrap();
+        fixed_scores(&state.theta, &a, &mut work.fixed, Par::Seq);
+        update_random_effects(&mut state, &mut work, lambda, Par::Seq).unwrap();
 
         // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
         // row means removed, so (X'X + lambda I) U equals the right-hand side
