@@ -58,7 +58,7 @@ impl Dense {
     }
 
     pub fn squared_norm(&self) -> f64 {
-        self.data.iter().map(|v| v * v).sum()
+        sum_of_squares(&self.data)
     }
 
     /// Sets every entry of `self` from a same-shaped matrix.

@@ -415,6 +415,27 @@ fn for_column_ranges<T: Send>(
     })
 }
 
+/// Sets `out = Y B'` (P x Q) for `y` (P x N) and the scores B (Q x N).
+///
+/// The product is small and its inner dimension N is large, which faer
+/// does not split across threads. Here each thread takes a range of
+/// columns, and the partial products are added in order, so the result is
+/// the same for a given thread count.
+fn product_with_scores(y: &[f64], scores: &Dense, out: &mut Dense, threads: usize) {
+    let (p, q) = (out.rows, out.cols);
+    let partials = for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
+        let mut partial = Dense::zeros(p, q);
+        let y_range = MatRef::from_column_major_slice(&y[columns.start * p..columns.end * p], p, columns.len());
+        let scores_range = MatRef::from_column_major_slice(&scores.data[columns.start * q..columns.end * q], q, columns.len());
+        matmul(partial.as_mut(), Accum::Replace, y_range, scores_range.transpose(), 1.0, Par::Seq);
+        partial
+    });
+    out.data.iter_mut().for_each(|v| *v = 0.0);
+    for partial in partials {
+        out.data.iter_mut().zip(&partial.data).for_each(|(o, v)| *o += v);
+    }
+}
+
 /// Sets `fixed = Theta A`.
 fn fixed_scores(theta: &Dense, a: &Dense, fixed: &mut Dense, par: Par) {
     gemm(fixed, theta, false, a, false, 1.0, false, par);
@@ -429,16 +450,26 @@ fn block_columns(p: usize) -> usize {
 /// Sets `work.xty = X'Y` and, when `positive_part` is set, `work.scratch =
 /// X' (max(max(Y, 0) - X U, 0) - (Y - X U))`, the correction that turns
 /// X'(Y - X U) into X' max(W, 0) for the non-negative Theta-step; otherwise
-/// `work.scratch` = 0.
+/// `work.scratch` = 0. `column_min` holds the smallest entry of each column
+/// of Y.
 ///
 /// Y is read once, a cache-sized block of columns at a time: the product
 /// X'Y, then [`correct_column`] on each column while the block is in cache.
-fn project_data(y: &[f64], x: &Dense, u: &Dense, positive_part: bool, work: &mut Workspace, threads: usize) {
+fn project_data(
+    y: &[f64],
+    column_min: &[f64],
+    x: &Dense,
+    u: &Dense,
+    positive_part: bool,
+    work: &mut Workspace,
+    threads: usize,
+) {
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
     let x_ref = x.as_ref();
     let x_rows = transposed(x);
     let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(|row| row.iter().fold(0.0, |high: f64, &v| high.max(v))).collect();
+    let column_max: Vec<f64> = x.data.chunks_exact(p).map(|col| col.iter().fold(0.0, |high: f64, &v| high.max(v))).collect();
     for_column_pairs_mut(&mut work.xty.data, &mut work.scratch.data, q, threads, 2 * p * q, |columns, xty, correction| {
         let mut start = columns.start;
         while start < columns.end {
@@ -450,8 +481,11 @@ fn project_data(y: &[f64], x: &Dense, u: &Dense, positive_part: bool, work: &mut
             for column in start..end {
                 let offset = column - columns.start;
                 let out = &mut correction[offset * q..(offset + 1) * q];
-                if positive_part {
-                    let u_column = &u.data[column * q..(column + 1) * q];
+                let u_column = &u.data[column * q..(column + 1) * q];
+                // Every entry of X u is at most sum_q max_p X[p, q] max(u_q, 0),
+                // so a column whose smallest entry reaches that needs no check.
+                let bound: f64 = u_column.iter().zip(&column_max).map(|(u, m)| u.max(0.0) * m).sum();
+                if positive_part && column_min[column] < bound {
                     correct_column(&y[column * p..(column + 1) * p], &x_rows.data, &row_max, u_column, out);
                 } else {
                     out.iter_mut().for_each(|v| *v = 0.0);
@@ -506,6 +540,21 @@ fn transposed(matrix: &Dense) -> Dense {
         }
     }
     out
+}
+
+/// Facts about Y that every iteration uses, gathered once per fit.
+struct DataSummary {
+    /// ||Y||^2, for the residual sum of squares without a pass over Y.
+    squared_norm: f64,
+    /// Smallest entry of each column of Y, for the test in [`project_data`].
+    column_min: Vec<f64>,
+}
+
+impl DataSummary {
+    fn new(y: &[f64], p: usize) -> Self {
+        let column_min = y.chunks_exact(p).map(|column| column.iter().fold(f64::INFINITY, |low, &v| low.min(v))).collect();
+        DataSummary { squared_norm: sum_of_squares(y), column_min }
+    }
 }
 
 /// Share of ||Y||^2 below which the residual sum of squares is computed by
@@ -671,11 +720,10 @@ pub(crate) fn fit_from(
     let threads = options.threads.max(1);
     let par = par_for(threads);
     let y_positive = data.y_positive();
-    let y_pos_ref = MatRef::from_column_major_slice(&y_positive, p, n);
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
 
-    let y_squared_norm = sum_of_squares(data.y);
+    let summary = DataSummary::new(data.y, p);
     let mut work = Workspace::new(p, n, q, k);
     outer_product_sum(&a, &a, &mut work.aat);
     fixed_scores(&state.theta, &a, &mut work.fixed, par);
@@ -731,7 +779,7 @@ pub(crate) fn fit_from(
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
             *b = (f + u).max(0.0);
         }
-        matmul(work.ybt.as_mut(), Accum::Replace, y_pos_ref, work.scratch.as_ref().transpose(), 1.0, par);
+        product_with_scores(&y_positive, &work.scratch, &mut work.ybt, threads);
         gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
         // Stationarity of the incoming X against the current scores: zero
         // exactly when the update would leave X where it is.
@@ -753,7 +801,7 @@ pub(crate) fn fit_from(
         // serves the next U-step and the residual sum of squares.
         cross_product(&state.x, &state.x, &mut work.gram);
         let positive_part = options.theta_mode == ThetaMode::NonNegative;
-        project_data(data.y, &state.x, &state.u, positive_part, &mut work, threads);
+        project_data(data.y, &summary.column_min, &state.x, &state.u, positive_part, &mut work, threads);
         for (value, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
             *value += xty;
         }
@@ -785,7 +833,7 @@ pub(crate) fn fit_from(
 
         // Residuals at the new parameters; Theta A also serves the next U-step.
         fixed_scores(&state.theta, &a, &mut work.fixed, par);
-        rss = residual_sum_of_squares(data.y, y_squared_norm, &state.x, &state.u, &mut work, threads);
+        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &state.u, &mut work, threads);
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -898,10 +946,14 @@ fn update_random_effects(state: &mut State, work: &mut Workspace, lambda: f64, p
     for i in 0..q {
         ridge.data[i + q * i] += lambda;
     }
-    let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
-    state.u.copy_from(&work.xty);
-    gemm(&mut state.u, &work.gram, false, &work.fixed, false, -1.0, true, par);
-    cholesky.solve_columns_with(&mut state.u, par);
+    // With the Q x Q inverse M^-1 of the ridge matrix, U = M^-1 X'Y -
+    // (M^-1 X'X) Theta A: two small products, which cost less than
+    // triangular solves column by column.
+    let inverse = Cholesky::new(&ridge, "X'X + lambda I")?.inverse();
+    let mut inverse_gram = Dense::zeros(q, q);
+    product(&inverse, &work.gram, &mut inverse_gram);
+    gemm(&mut state.u, &inverse, false, &work.xty, false, 1.0, false, par);
+    gemm(&mut state.u, &inverse_gram, false, &work.fixed, false, -1.0, true, par);
     centre_rows(&mut state.u);
     Ok(())
 }
@@ -1054,17 +1106,17 @@ fn solve_basis_rows(x: &mut Dense, bbt: &Dense, ybt: &Dense) {
 /// do not absorb an intercept that belongs in Theta.
 fn centre_rows(u: &mut Dense) {
     let (q, n) = (u.rows, u.cols);
-    let mut means = vec![0.0; q];
-    for column in u.data.chunks_exact(q) {
-        for (mean, value) in means.iter_mut().zip(column) {
-            *mean += value;
-        }
+    // Summing eight columns at a time gives 8 q independent chains of
+    // additions instead of q long ones, which would wait on each other.
+    let width = 8 * q;
+    let mut sums = vec![0.0; width];
+    for group in u.data.chunks(width) {
+        sums.iter_mut().zip(group).for_each(|(sum, value)| *sum += value);
     }
-    means.iter_mut().for_each(|mean| *mean /= n as f64);
-    for column in u.data.chunks_exact_mut(q) {
-        for (value, mean) in column.iter_mut().zip(&means) {
-            *value -= mean;
-        }
+    let means: Vec<f64> = (0..q).map(|row| sums[row..].iter().step_by(q).sum::<f64>() / n as f64).collect();
+    let pattern: Vec<f64> = means.iter().cycle().take(width).copied().collect();
+    for group in u.data.chunks_mut(width) {
+        group.iter_mut().zip(&pattern).for_each(|(value, mean)| *value -= mean);
     }
 }
 
@@ -1187,6 +1239,92 @@ mod tests {
             }
             let u_mean = (0..n).map(|j| state.u.get(row, j)).sum::<f64>() / n as f64;
             assert!(u_mean.abs() < 1e-12);
+        }
+    }
+
+    /// Returns Y - X B for column-major Y (p x n), X (p x q) and B (q x n).
+    fn residuals(y: &[f64], x: &Dense, scores: &Dense) -> Dense {
+        let mut fitted = Dense::zeros(x.rows, scores.cols);
+        product(x, scores, &mut fitted);
+        Dense::from_vec(x.rows, scores.cols, y.iter().zip(&fitted.data).map(|(y, f)| y - f).collect())
+    }
+
+    /// A 7 x 600 problem whose Y has zeros, small and negative cells, so that
+    /// the positive-part correction is needed in some columns and not in others.
+    fn projection_example() -> (Vec<f64>, Dense, Dense) {
+        let (p, n, q) = (7, 600, 3);
+        let y: Vec<f64> = (0..p * n)
+            .map(|i| match i % 23 {
+                0 => 0.0,
+                5 => -0.3,
+                _ => 0.05 + ((i * 37) % 101) as f64 / 20.0,
+            })
+            .collect();
+        let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.05 + ((i * 7) % 5) as f64 / 10.0).collect());
+        let u = Dense::from_vec(q, n, (0..q * n).map(|i| ((i * 13) % 17) as f64 / 4.0 - 2.0).collect());
+        (y, x, u)
+    }
+
+    #[test]
+    fn projection_matches_its_definition() {
+        // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) written out cell by
+        // cell; the pass skips cells by a bound and must still agree.
+        let (y, x, u) = projection_example();
+        let (p, n, q) = (x.rows, u.cols, x.cols);
+        let w = residuals(&y, &x, &u);
+        let delta: Vec<f64> = y.iter().zip(&w.data).map(|(y, w)| (y.max(0.0) - (y - w)).max(0.0) - w).collect();
+        let mut expected_xty = Dense::zeros(q, n);
+        cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut expected_xty);
+        let mut expected_correction = Dense::zeros(q, n);
+        cross_product(&x, &Dense::from_vec(p, n, delta), &mut expected_correction);
+        assert!(expected_correction.data.iter().any(|&v| v != 0.0));
+        assert!(expected_correction.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
+
+        let column_min = DataSummary::new(&y, p).column_min;
+        for threads in [1, 2] {
+            let mut work = workspace(p, n, q, 1);
+            project_data(&y, &column_min, &x, &u, true, &mut work, threads);
+            for (actual, expected) in [(&work.xty, &expected_xty), (&work.scratch, &expected_correction)] {
+                for (a, e) in actual.data.iter().zip(&expected.data) {
+                    assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+                }
+            }
+            project_data(&y, &column_min, &x, &u, false, &mut work, threads);
+            assert!(work.scratch.data.iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn residual_sum_of_squares_matches_direct_sum() {
+        // Once with a large residual (the Gram identity) and once with Y
+        // almost equal to X U (RSS below 1e-4 ||Y||^2, the pass over Y).
+        let (y, x, u) = projection_example();
+        let (p, n, q) = (x.rows, u.cols, x.cols);
+        let mut nearly_fitted = residuals(&vec![0.0; p * n], &x, &u);
+        nearly_fitted.data.iter_mut().enumerate().for_each(|(i, v)| *v = -*v + 1e-4 * ((i % 3) as f64 - 1.0));
+        for y in [y, nearly_fitted.data] {
+            let direct = residuals(&y, &x, &u).squared_norm();
+            let mut work = workspace(p, n, q, 1);
+            cross_product(&x, &x, &mut work.gram);
+            cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut work.xty);
+            let summary = DataSummary::new(&y, p);
+            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &u, &mut work, 1);
+            assert!((rss - direct).abs() < 1e-12 * direct, "{rss} vs {direct}");
+        }
+    }
+
+    #[test]
+    fn product_with_scores_agrees_across_threads() {
+        let (y, x, u) = projection_example();
+        let (p, q) = (x.rows, x.cols);
+        let mut expected = Dense::zeros(p, q);
+        gemm(&mut expected, &Dense::from_vec(p, u.cols, y.clone()), false, &u, true, 1.0, false, Par::Seq);
+        for threads in [1, 2, 3] {
+            let mut out = Dense::zeros(p, q);
+            product_with_scores(&y, &u, &mut out, threads);
+            for (a, e) in out.data.iter().zip(&expected.data) {
+                assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+            }
         }
     }
 
