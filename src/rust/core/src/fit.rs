@@ -478,17 +478,20 @@ fn project_data(
             let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, end - start);
             let xty_block = faer::MatMut::from_column_major_slice_mut(&mut xty[local * q..local_end * q], q, end - start);
             matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
-            for column in start..end {
-                let offset = column - columns.start;
-                let out = &mut correction[offset * q..(offset + 1) * q];
-                let u_column = &u.data[column * q..(column + 1) * q];
+            let block_correction = &mut correction[local * q..local_end * q];
+            block_correction.iter_mut().for_each(|v| *v = 0.0);
+            let block_columns = y[start * p..end * p]
+                .chunks_exact(p)
+                .zip(u.data[start * q..end * q].chunks_exact(q))
+                .zip(&column_min[start..end])
+                .zip(block_correction.chunks_exact_mut(q))
+                .filter(|_| positive_part);
+            for (((y_column, u_column), &smallest), out) in block_columns {
                 // Every entry of X u is at most sum_q max_p X[p, q] max(u_q, 0),
                 // so a column whose smallest entry reaches that needs no check.
-                let bound: f64 = u_column.iter().zip(&column_max).map(|(u, m)| u.max(0.0) * m).sum();
-                if positive_part && column_min[column] < bound {
-                    correct_column(&y[column * p..(column + 1) * p], &x_rows.data, &row_max, u_column, out);
-                } else {
-                    out.iter_mut().for_each(|v| *v = 0.0);
+                let bound: f64 = u_column.iter().zip(&column_max).map(|(&u, m)| positive(u) * m).sum();
+                if smallest < bound {
+                    correct_column(y_column, &x_rows.data, &row_max, u_column, out);
                 }
             }
             start = end;
@@ -496,7 +499,7 @@ fn project_data(
     });
 }
 
-/// Sets `out = X' delta` for one column y of Y and its random effects u,
+/// Adds `X' delta` to `out` for one column y of Y and its random effects u,
 /// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `x_rows` holds X's
 /// rows one after another and `row_max` each row's largest entry.
 ///
@@ -507,8 +510,7 @@ fn project_data(
 /// costs about one product X'Y instead of two (forming X U, then X'(Y - X U)).
 fn correct_column(y: &[f64], x_rows: &[f64], row_max: &[f64], u: &[f64], out: &mut [f64]) {
     let q = u.len();
-    out.iter_mut().for_each(|v| *v = 0.0);
-    let positive_sum: f64 = u.iter().map(|v| v.max(0.0)).sum();
+    let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
     const LANES: usize = 8;
     for (chunk, (values, maxima)) in y.chunks(LANES).zip(row_max.chunks(LANES)).enumerate() {
         // A branch-free test of the whole chunk first, so that it vectorises.
@@ -528,6 +530,17 @@ fn correct_column(y: &[f64], x_rows: &[f64], row_max: &[f64], u: &[f64], out: &m
                 out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
             }
         }
+    }
+}
+
+/// Returns max(value, 0). Unlike `f64::max` it needs no NaN handling (a NaN
+/// gives 0 either way), so that loops over it compile to plain comparisons.
+#[inline]
+fn positive(value: f64) -> f64 {
+    if value > 0.0 {
+        value
+    } else {
+        0.0
     }
 }
 
@@ -777,7 +790,7 @@ pub(crate) fn fit_from(
 
         // X-step: Lee-Seung update against the positive part of the scores.
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
-            *b = (f + u).max(0.0);
+            *b = positive(f + u);
         }
         product_with_scores(&y_positive, &work.scratch, &mut work.ybt, threads);
         gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
