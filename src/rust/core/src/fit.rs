@@ -450,14 +450,15 @@ fn block_columns(p: usize) -> usize {
 /// Sets `work.xty = X'Y` and, when `positive_part` is set, `work.scratch =
 /// X' (max(max(Y, 0) - X U, 0) - (Y - X U))`, the correction that turns
 /// X'(Y - X U) into X' max(W, 0) for the non-negative Theta-step; otherwise
-/// `work.scratch` = 0. `column_min` holds the smallest entry of each column
-/// of Y.
+/// `work.scratch` = 0.
 ///
 /// Y is read once, a cache-sized block of columns at a time: the product
 /// X'Y, then [`correct_column`] on each column while the block is in cache.
+/// A column is skipped when its smallest entry is at least
+/// `sum_q max_p X[p, q] max(U[q, n], 0)`, a bound on every entry of X u_n.
 fn project_data(
     y: &[f64],
-    column_min: &[f64],
+    summary: &DataSummary,
     x: &Dense,
     u: &Dense,
     positive_part: bool,
@@ -466,10 +467,14 @@ fn project_data(
 ) {
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
+    let chunks = p.div_ceil(CHUNK_ROWS);
     let x_ref = x.as_ref();
     let x_rows = transposed(x);
-    let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(|row| row.iter().fold(0.0, |high: f64, &v| high.max(v))).collect();
-    let column_max: Vec<f64> = x.data.chunks_exact(p).map(|col| col.iter().fold(0.0, |high: f64, &v| high.max(v))).collect();
+    let largest = |values: &[f64]| values.iter().fold(0.0, |high: f64, &v| high.max(v));
+    let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(largest).collect();
+    let chunk_row_max: Vec<f64> = row_max.chunks(CHUNK_ROWS).map(largest).collect();
+    let column_max: Vec<f64> = x.data.chunks_exact(p).map(largest).collect();
+    let bounds = Bounds { x_rows: &x_rows.data, row_max: &row_max, chunk_row_max: &chunk_row_max };
     for_column_pairs_mut(&mut work.xty.data, &mut work.scratch.data, q, threads, 2 * p * q, |columns, xty, correction| {
         let mut start = columns.start;
         while start < columns.end {
@@ -483,15 +488,14 @@ fn project_data(
             let block_columns = y[start * p..end * p]
                 .chunks_exact(p)
                 .zip(u.data[start * q..end * q].chunks_exact(q))
-                .zip(&column_min[start..end])
+                .zip(&summary.column_min[start..end])
+                .zip(summary.chunk_min[start * chunks..end * chunks].chunks_exact(chunks))
                 .zip(block_correction.chunks_exact_mut(q))
                 .filter(|_| positive_part);
-            for (((y_column, u_column), &smallest), out) in block_columns {
-                // Every entry of X u is at most sum_q max_p X[p, q] max(u_q, 0),
-                // so a column whose smallest entry reaches that needs no check.
+            for ((((y_column, u_column), &smallest), chunk_min), out) in block_columns {
                 let bound: f64 = u_column.iter().zip(&column_max).map(|(&u, m)| positive(u) * m).sum();
                 if smallest < bound {
-                    correct_column(y_column, &x_rows.data, &row_max, u_column, out);
+                    correct_column(y_column, chunk_min, u_column, &bounds, out);
                 }
             }
             start = end;
@@ -499,33 +503,43 @@ fn project_data(
     });
 }
 
+/// Per-iteration facts about X for [`correct_column`].
+struct Bounds<'a> {
+    /// X's rows one after another.
+    x_rows: &'a [f64],
+    /// Largest entry of each row of X.
+    row_max: &'a [f64],
+    /// Largest entry of X within each chunk of `CHUNK_ROWS` rows.
+    chunk_row_max: &'a [f64],
+}
+
 /// Adds `X' delta` to `out` for one column y of Y and its random effects u,
-/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `x_rows` holds X's
-/// rows one after another and `row_max` each row's largest entry.
+/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `chunk_min` holds
+/// the lower bounds of y's chunks from [`DataSummary`].
 ///
 /// delta is zero in a cell where y is non-negative and at least (X u)_p.
 /// Since (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0), only cells below
-/// that bound (which include every negative cell) need (X u)_p at all. On
-/// data with few cells near zero that is a small share, so the Theta-step
-/// costs about one product X'Y instead of two (forming X U, then X'(Y - X U)).
-fn correct_column(y: &[f64], x_rows: &[f64], row_max: &[f64], u: &[f64], out: &mut [f64]) {
+/// that bound (which include every negative cell) need (X u)_p at all, and
+/// a chunk of rows whose smallest entry is at least the largest bound in
+/// the chunk needs none. On data with few cells near zero that is a small
+/// share, so the Theta-step costs about one product X'Y instead of two
+/// (forming X U, then X'(Y - X U)).
+fn correct_column(y: &[f64], chunk_min: &[f32], u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
     let q = u.len();
     let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
-    const LANES: usize = 8;
-    for (chunk, (values, maxima)) in y.chunks(LANES).zip(row_max.chunks(LANES)).enumerate() {
-        // A branch-free test of the whole chunk first, so that it vectorises.
-        let any_low = values.iter().zip(maxima).fold(false, |any, (v, m)| any | (*v < m * positive_sum));
-        if !any_low {
+    let chunks = y.chunks(CHUNK_ROWS).zip(chunk_min).zip(bounds.chunk_row_max).enumerate();
+    for (chunk, ((values, &smallest), &largest_x)) in chunks {
+        if f64::from(smallest) >= largest_x * positive_sum {
             continue;
         }
-        for (offset, (&value, &maximum)) in values.iter().zip(maxima).enumerate() {
+        let first_row = chunk * CHUNK_ROWS;
+        for (row, (&value, &maximum)) in (first_row..).zip(values.iter().zip(&bounds.row_max[first_row..])) {
             if value >= maximum * positive_sum {
                 continue;
             }
-            let row = chunk * LANES + offset;
-            let x_row = &x_rows[row * q..(row + 1) * q];
+            let x_row = &bounds.x_rows[row * q..(row + 1) * q];
             let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
-            let delta = (value.max(0.0) - fitted).max(0.0) - (value - fitted);
+            let delta = positive(positive(value) - fitted) - (value - fitted);
             if delta != 0.0 {
                 out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
             }
@@ -555,18 +569,40 @@ fn transposed(matrix: &Dense) -> Dense {
     out
 }
 
+/// Rows of a column of Y per chunk in the tests of [`correct_column`].
+const CHUNK_ROWS: usize = 8;
+
 /// Facts about Y that every iteration uses, gathered once per fit.
 struct DataSummary {
     /// ||Y||^2, for the residual sum of squares without a pass over Y.
     squared_norm: f64,
-    /// Smallest entry of each column of Y, for the test in [`project_data`].
+    /// Smallest entry of each column of Y.
     column_min: Vec<f64>,
+    /// Lower bound on the entries of each chunk of `CHUNK_ROWS` rows of
+    /// each column, column by column: the chunk's smallest entry rounded
+    /// down to single precision, so that it takes a sixteenth of Y's size.
+    chunk_min: Vec<f32>,
 }
 
 impl DataSummary {
     fn new(y: &[f64], p: usize) -> Self {
-        let column_min = y.chunks_exact(p).map(|column| column.iter().fold(f64::INFINITY, |low, &v| low.min(v))).collect();
-        DataSummary { squared_norm: sum_of_squares(y), column_min }
+        let smallest = |values: &[f64]| values.iter().fold(f64::INFINITY, |low, &v| low.min(v));
+        let column_min = y.chunks_exact(p).map(smallest).collect();
+        let chunk_min = y
+            .chunks_exact(p)
+            .flat_map(|column| column.chunks(CHUNK_ROWS).map(|chunk| round_down_to_single(smallest(chunk))))
+            .collect();
+        DataSummary { squared_norm: sum_of_squares(y), column_min, chunk_min }
+    }
+}
+
+/// Returns the largest single-precision value not above `value`.
+fn round_down_to_single(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) > value {
+        rounded.next_down()
+    } else {
+        rounded
     }
 }
 
@@ -814,7 +850,7 @@ pub(crate) fn fit_from(
         // serves the next U-step and the residual sum of squares.
         cross_product(&state.x, &state.x, &mut work.gram);
         let positive_part = options.theta_mode == ThetaMode::NonNegative;
-        project_data(data.y, &summary.column_min, &state.x, &state.u, positive_part, &mut work, threads);
+        project_data(data.y, &summary, &state.x, &state.u, positive_part, &mut work, threads);
         for (value, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
             *value += xty;
         }
@@ -1262,10 +1298,11 @@ mod tests {
         Dense::from_vec(x.rows, scores.cols, y.iter().zip(&fitted.data).map(|(y, f)| y - f).collect())
     }
 
-    /// A 7 x 600 problem whose Y has zeros, small and negative cells, so that
-    /// the positive-part correction is needed in some columns and not in others.
+    /// A 19 x 600 problem (two full chunks of rows and a partial one) whose Y
+    /// has zeros, small and negative cells, so that the positive-part
+    /// correction is needed in some columns and chunks and not in others.
     fn projection_example() -> (Vec<f64>, Dense, Dense) {
-        let (p, n, q) = (7, 600, 3);
+        let (p, n, q) = (19, 600, 3);
         let y: Vec<f64> = (0..p * n)
             .map(|i| match i % 23 {
                 0 => 0.0,
@@ -1293,16 +1330,16 @@ mod tests {
         assert!(expected_correction.data.iter().any(|&v| v != 0.0));
         assert!(expected_correction.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
 
-        let column_min = DataSummary::new(&y, p).column_min;
+        let summary = DataSummary::new(&y, p);
         for threads in [1, 2] {
             let mut work = workspace(p, n, q, 1);
-            project_data(&y, &column_min, &x, &u, true, &mut work, threads);
+            project_data(&y, &summary, &x, &u, true, &mut work, threads);
             for (actual, expected) in [(&work.xty, &expected_xty), (&work.scratch, &expected_correction)] {
                 for (a, e) in actual.data.iter().zip(&expected.data) {
                     assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
                 }
             }
-            project_data(&y, &column_min, &x, &u, false, &mut work, threads);
+            project_data(&y, &summary, &x, &u, false, &mut work, threads);
             assert!(work.scratch.data.iter().all(|&v| v == 0.0));
         }
     }
