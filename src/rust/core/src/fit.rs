@@ -767,7 +767,11 @@ pub(crate) fn fit_from(
 ) -> Result<Fit> {
     let (p, n, k, q) = (data.p, data.n, data.k, options.rank);
     let threads = options.threads.max(1);
-    let par = par_for(threads);
+    // The passes over Y split their columns across `threads` scoped
+    // threads. The small products (Q x Q or Q x K by Q x N) stay on one
+    // thread: faer's pool threads keep spinning after a product and on a
+    // machine with few cores slow those passes down more than they gain.
+    let par = Par::Seq;
     let y_positive = data.y_positive();
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
