@@ -524,6 +524,11 @@ struct Bounds<'a> {
 /// the chunk needs none. On data with few cells near zero that is a small
 /// share, so the Theta-step costs about one product X'Y instead of two
 /// (forming X U, then X'(Y - X U)).
+///
+/// Limitation: the check goes cell by cell through the flagged chunks. On
+/// data with many zeros or small values spread over most columns (sparse
+/// counts, for example) it can cost several times a product, so such fits
+/// take longer per iteration than forming W for the whole block would.
 fn correct_column(y: &[f64], chunk_min: &[f32], u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
     let q = u.len();
     let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
