@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
-use crate::dense::{column_chunks, cross_product, dot, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
+use crate::dense::{
+    column_chunks, cross_product, dot, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense,
+};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
@@ -426,7 +428,8 @@ fn product_with_scores(y: &[f64], scores: &Dense, out: &mut Dense, threads: usiz
     let partials = for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
         let mut partial = Dense::zeros(p, q);
         let y_range = MatRef::from_column_major_slice(&y[columns.start * p..columns.end * p], p, columns.len());
-        let scores_range = MatRef::from_column_major_slice(&scores.data[columns.start * q..columns.end * q], q, columns.len());
+        let scores_values = &scores.data[columns.start * q..columns.end * q];
+        let scores_range = MatRef::from_column_major_slice(scores_values, q, columns.len());
         matmul(partial.as_mut(), Accum::Replace, y_range, scores_range.transpose(), 1.0, Par::Seq);
         partial
     });
@@ -481,7 +484,8 @@ fn project_data(
             let end = (start + block).min(columns.end);
             let (local, local_end) = (start - columns.start, end - columns.start);
             let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, end - start);
-            let xty_block = faer::MatMut::from_column_major_slice_mut(&mut xty[local * q..local_end * q], q, end - start);
+            let xty_values = &mut xty[local * q..local_end * q];
+            let xty_block = faer::MatMut::from_column_major_slice_mut(xty_values, q, end - start);
             matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
             let block_correction = &mut correction[local * q..local_end * q];
             block_correction.iter_mut().for_each(|v| *v = 0.0);
@@ -624,14 +628,22 @@ const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
 /// / RSS) digits. Below `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than
 /// four digits would be lost and rounding could approach the relative
 /// change that the stopping rule compares with epsilon, Y is read again.
-fn residual_sum_of_squares(y: &[f64], y_squared_norm: f64, x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) -> f64 {
+fn residual_sum_of_squares(
+    y: &[f64],
+    y_squared_norm: f64,
+    x: &Dense,
+    u: &Dense,
+    work: &mut Workspace,
+    threads: usize,
+) -> f64 {
     let q = x.cols;
     for ((s, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&u.data) {
         *s = f + u;
     }
     let mut scores_outer = Dense::zeros(q, q);
     gemm(&mut scores_outer, &work.scratch, false, &work.scratch, true, 1.0, false, Par::Seq);
-    let from_gram = y_squared_norm - 2.0 * dot(&work.xty.data, &work.scratch.data) + dot(&work.gram.data, &scores_outer.data);
+    let cross = dot(&work.xty.data, &work.scratch.data);
+    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &scores_outer.data);
     if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
         return from_gram;
     }
