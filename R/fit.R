@@ -109,8 +109,6 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
   dimnames(Theta) <- list(bases, covariates)
   U <- raw$U
   dimnames(U) <- list(bases, units)
-  fitted <- X %*% (Theta %*% A + U)
-  dimnames(fitted) <- dimnames(Y)
 
   cap_value <- raw$cap
   cap <- list(
@@ -133,7 +131,7 @@ assemble_fit <- function(raw, Y, A, rank, df_rate, theta, control) {
       iterations = raw$iterations, converged = raw$converged,
       stop_reason = raw$stop_reason, objective = raw$objective, rss = raw$rss,
       optimum = optimum_record(raw, Theta),
-      fitted = fitted, Y = Y, A = A, rank = rank, theta = theta,
+      Y = Y, A = A, rank = rank, theta = theta,
       df_rate = df_rate, control = control, inference = NULL, call = NULL
     ),
     class = "nmfre"

@@ -145,11 +145,16 @@ residuals.nmfre <- function(object, type = c("blup", "fixed"), ...) {
   pad_excluded_units(object$Y - fitted_matrix(object, type), object$na_action)
 }
 
+# Fitted values are computed when asked for rather than stored, so that a
+# fit does not hold a second P x N matrix beside Y.
 fitted_matrix <- function(object, type) {
-  if (type == "blup") return(object$fitted)
-  fixed <- object$X %*% object$Theta %*% object$A
-  dimnames(fixed) <- dimnames(object$Y)
-  fixed
+  values <- if (type == "blup") {
+    object$X %*% (object$Theta %*% object$A + object$U)
+  } else {
+    object$X %*% object$Theta %*% object$A
+  }
+  dimnames(values) <- dimnames(object$Y)
+  values
 }
 
 # Inserts NA columns for units that na.exclude dropped, as naresid() does

@@ -1,7 +1,9 @@
 #' Elements of an nmfre fit
 #'
 #' [nmfre()] returns a list of class `"nmfre"`. Use the accessors where they
-#' exist; the elements are documented here for programming.
+#' exist; the elements are documented here for programming. Fitted values
+#' and residuals are not stored, so that a fit holds no second matrix the
+#' size of Y: [fitted()] and [residuals()] compute them from the elements.
 #'
 #' \describe{
 #'   \item{`X`}{P x Q basis, non-negative, columns summing to 1; rows named
@@ -31,7 +33,6 @@
 #'     across starts.}
 #'   \item{`objective`}{Penalised objective after each iteration.}
 #'   \item{`rss`}{Residual sum of squares at the end.}
-#'   \item{`fitted`}{P x N fitted values `X (Theta A + U)`.}
 #'   \item{`Y`, `A`}{The data as fitted.}
 #'   \item{`rank`, `theta`, `df_rate`, `control`, `call`}{Settings of the fit.}
 #'   \item{`dfscan`}{Present when `df_rate = NULL` chose the rate: the

@@ -37,7 +37,7 @@ plot.nmfre <- function(x, which = 1:3, ask = NULL, ...) {
     on.exit(grDevices::devAskNewPage(old))
   }
   if (1 %in% which) plot_loadings(x$X, ...)
-  if (2 %in% which) plot_observed_fitted(x$Y, x$fitted, ...)
+  if (2 %in% which) plot_observed_fitted(x$Y, fitted_matrix(x, "blup"), ...)
   if (3 %in% which) plot_objective(x$objective, ...)
   invisible(x)
 }

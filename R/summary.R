@@ -86,7 +86,7 @@ fit_warnings <- function(fit) {
 }
 
 scaled_residual_quantiles <- function(fit) {
-  scaled <- (fit$Y - fit$fitted) / sqrt(fit$sigma2)
+  scaled <- (fit$Y - fitted_matrix(fit, "blup")) / sqrt(fit$sigma2)
   stats::setNames(stats::quantile(scaled, names = FALSE),
                   c("Min", "1Q", "Median", "3Q", "Max"))
 }

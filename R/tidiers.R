@@ -139,10 +139,11 @@ long_cells <- function(x) {
   if (is.null(units)) units <- as.character(seq_len(N))
   measurements <- rownames(x$Y)
   if (is.null(measurements)) measurements <- as.character(seq_len(P))
+  fitted <- fitted_matrix(x, "blup")
   fixed <- fitted_matrix(x, "fixed")
   data.frame(.unit = rep(units, each = P), .measurement = rep(measurements, times = N),
-             .observed = as.double(x$Y), .fitted = as.double(x$fitted),
-             .fixed = as.double(fixed), .resid = as.double(x$Y - x$fitted),
+             .observed = as.double(x$Y), .fitted = as.double(fitted),
+             .fixed = as.double(fixed), .resid = as.double(x$Y - fitted),
              stringsAsFactors = FALSE)
 }
 

@@ -28,7 +28,7 @@ test_that("fit carries dimnames from Y and A", {
   expect_identical(colnames(fit$X), "Growth1")
   expect_identical(colnames(fit$Theta), c("(Intercept)", "male"))
   expect_identical(colnames(fit$U), colnames(d$Y))
-  expect_identical(dimnames(fit$fitted), dimnames(d$Y))
+  expect_identical(dimnames(fitted(fit)), dimnames(d$Y))
 })
 
 test_that("fitted values equal X (Theta A + U)", {
@@ -36,7 +36,7 @@ test_that("fitted values equal X (Theta A + U)", {
   fit <- nmfre(d$Y, d$A, rank = 1, df_rate = 0.21,
                control = nmfre_control(inference = FALSE))
   expected <- fit$X %*% (fit$Theta %*% d$A + fit$U)
-  expect_equal(unname(fit$fitted), unname(expected), tolerance = 1e-12)
+  expect_equal(unname(fitted(fit)), unname(expected), tolerance = 1e-12)
   expect_equal(fit$rss, sum((d$Y - expected)^2), tolerance = 1e-10)
 })
 

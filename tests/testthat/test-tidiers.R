@@ -75,8 +75,8 @@ test_that("augment attaches results to long data", {
   augmented <- augment(fit, data = orthodont)
   expect_identical(nrow(augmented), nrow(orthodont))
   row <- which(orthodont$Subject == "M07" & orthodont$age == 12)
-  expect_identical(augmented$.fitted[row], fit$fitted["age12", "M07"])
-  expect_identical(augmented$.resid[row], orthodont$distance[row] - fit$fitted["age12", "M07"])
+  expect_identical(augmented$.fitted[row], fitted(fit)["age12", "M07"])
+  expect_identical(augmented$.resid[row], orthodont$distance[row] - fitted(fit)["age12", "M07"])
 })
 
 test_that("augment of a wide fit joins unit covariates", {

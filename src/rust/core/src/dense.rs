@@ -58,7 +58,7 @@ impl Dense {
     }
 
     pub fn squared_norm(&self) -> f64 {
-        self.data.iter().map(|v| v * v).sum()
+        sum_of_squares(&self.data)
     }
 
     /// Sets every entry of `self` from a same-shaped matrix.
@@ -87,22 +87,25 @@ pub fn gemm(
     matmul(out.as_mut(), beta, l, r, alpha, par);
 }
 
-/// Sum of squares with eight independent accumulators, so that the compiler
-/// can vectorise it instead of waiting on one chain of additions.
+/// Sum of squares of `values`, as [`dot`] computes it.
 pub fn sum_of_squares(values: &[f64]) -> f64 {
+    dot(values, values)
+}
+
+/// Inner product with eight independent accumulators, so that the compiler
+/// can vectorise it instead of waiting on one chain of additions.
+pub fn dot(left: &[f64], right: &[f64]) -> f64 {
+    debug_assert_eq!(left.len(), right.len());
     let mut lanes = [0.0f64; 8];
-    let chunks = values.chunks_exact(8);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v * v;
+    let left_chunks = left.chunks_exact(8);
+    let right_chunks = right.chunks_exact(8);
+    let tail: f64 = left_chunks.remainder().iter().zip(right_chunks.remainder()).map(|(l, r)| l * r).sum();
+    for (l, r) in left_chunks.zip(right_chunks) {
+        for ((lane, a), b) in lanes.iter_mut().zip(l).zip(r) {
+            *lane += a * b;
         }
     }
-    let mut total: f64 = lanes.iter().sum();
-    for v in tail {
-        total += v * v;
-    }
-    total
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// Counts and locations that input checks need, gathered in one pass.

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
-use crate::dense::{column_chunks, cross_product, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
+use crate::dense::{
+    column_chunks, cross_product, dot, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense,
+};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
@@ -267,12 +269,11 @@ pub(crate) struct State {
 struct Workspace {
     /// X'Y for the current X (Q x N).
     xty: Dense,
-    /// Theta A (Q x N), or Theta A + U after the Theta-step.
+    /// Theta A for the current Theta (Q x N).
     fixed: Dense,
-    /// Right-hand side of the U-step, then positive part of Theta A + U (Q x N).
+    /// Positive part of Theta A + U in the X-step, then X'max(W, 0) (or
+    /// X'W for a sign-free Theta) in the Theta-step (Q x N).
     scratch: Dense,
-    /// X'(Y - X U) after the X-step (Q x N).
-    xtw: Dense,
     gram: Dense,
     ybt: Dense,
     bbt: Dense,
@@ -286,7 +287,6 @@ impl Workspace {
             xty: Dense::zeros(q, n),
             fixed: Dense::zeros(q, n),
             scratch: Dense::zeros(q, n),
-            xtw: Dense::zeros(q, n),
             gram: Dense::zeros(q, q),
             ybt: Dense::zeros(p, q),
             bbt: Dense::zeros(q, q),
@@ -420,6 +420,28 @@ fn for_column_ranges<T: Send>(
     })
 }
 
+/// Sets `out = Y B'` (P x Q) for `y` (P x N) and the scores B (Q x N).
+///
+/// The product is small and its inner dimension N is large, which faer
+/// does not split across threads. Here each thread takes a range of
+/// columns, and the partial products are added in order, so the result is
+/// the same for a given thread count.
+fn product_with_scores(y: &[f64], scores: &Dense, out: &mut Dense, threads: usize) {
+    let (p, q) = (out.rows, out.cols);
+    let partials = for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
+        let mut partial = Dense::zeros(p, q);
+        let y_range = MatRef::from_column_major_slice(&y[columns.start * p..columns.end * p], p, columns.len());
+        let scores_values = &scores.data[columns.start * q..columns.end * q];
+        let scores_range = MatRef::from_column_major_slice(scores_values, q, columns.len());
+        matmul(partial.as_mut(), Accum::Replace, y_range, scores_range.transpose(), 1.0, Par::Seq);
+        partial
+    });
+    out.data.iter_mut().for_each(|v| *v = 0.0);
+    for partial in partials {
+        out.data.iter_mut().zip(&partial.data).for_each(|(o, v)| *o += v);
+    }
+}
+
 /// Sets `fixed = Theta A`.
 fn fixed_scores(theta: &Dense, a: &Dense, fixed: &mut Dense, par: Par) {
     gemm(fixed, theta, false, a, false, 1.0, false, par);
@@ -431,58 +453,209 @@ fn block_columns(p: usize) -> usize {
     (32_768 / p.max(1)).clamp(16, 512)
 }
 
-/// Sets `work.xtw = X'(Y - X U)` and `work.scratch = X' (max(max(Y, 0) - X U,
-/// 0) - (Y - X U))`, the correction that turns `xtw` into the Theta-step's
-/// numerator before the product with A'.
+/// Sets `work.xty = X'Y` and, when `positive_part` is set, `work.scratch =
+/// X' (max(max(Y, 0) - X U, 0) - (Y - X U))`, the correction that turns
+/// X'(Y - X U) into X' max(W, 0) for the non-negative Theta-step; otherwise
+/// `work.scratch` = 0.
 ///
-/// Y is read once, a cache-sized block of columns at a time, so W = Y - X U
-/// is never stored whole. The correction is non-zero only where W or Y is
-/// negative, which is rare on non-negative data.
-fn remove_random_effects(y: &[f64], y_positive: &[f64], x: &Dense, u: &Dense, work: &mut Workspace, threads: usize) {
+/// Y is read once, a cache-sized block of columns at a time: the product
+/// X'Y, then [`correct_column`] on each column while the block is in cache.
+/// A column is skipped when its smallest entry is at least
+/// `sum_q max_p X[p, q] max(U[q, n], 0)`, a bound on every entry of X u_n.
+fn project_data(
+    y: &[f64],
+    summary: &DataSummary,
+    x: &Dense,
+    u: &Dense,
+    positive_part: bool,
+    work: &mut Workspace,
+    threads: usize,
+) {
     let (p, q) = (x.rows, x.cols);
-    let has_negative_y = !std::ptr::eq(y.as_ptr(), y_positive.as_ptr());
     let block = block_columns(p);
+    let chunks = p.div_ceil(CHUNK_ROWS);
     let x_ref = x.as_ref();
-    for_column_pairs_mut(&mut work.xtw.data, &mut work.scratch.data, q, threads, 4 * p * q, |columns, xtw, correction| {
-        let mut w = vec![0.0; p * block];
+    let x_rows = transposed(x);
+    let largest = |values: &[f64]| values.iter().fold(0.0, |high: f64, &v| high.max(v));
+    let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(largest).collect();
+    let chunk_row_max: Vec<f64> = row_max.chunks(CHUNK_ROWS).map(largest).collect();
+    let column_max: Vec<f64> = x.data.chunks_exact(p).map(largest).collect();
+    let bounds = Bounds { x_rows: &x_rows.data, row_max: &row_max, chunk_row_max: &chunk_row_max };
+    for_column_pairs_mut(&mut work.xty.data, &mut work.scratch.data, q, threads, 2 * p * q, |columns, xty, correction| {
         let mut start = columns.start;
         while start < columns.end {
             let end = (start + block).min(columns.end);
-            let width = end - start;
-            let local = start - columns.start;
-            let w_block = &mut w[..p * width];
-            w_block.copy_from_slice(&y[start * p..end * p]);
-            let mut w_mat = faer::MatMut::from_column_major_slice_mut(w_block, p, width);
-            let u_block = MatRef::from_column_major_slice(&u.data[start * q..end * q], q, width);
-            matmul(w_mat.as_mut(), Accum::Add, x_ref, u_block, -1.0, Par::Seq);
-            let xtw_block = faer::MatMut::from_column_major_slice_mut(&mut xtw[local * q..(local + width) * q], q, width);
-            matmul(xtw_block, Accum::Replace, x_ref.transpose(), w_mat.as_ref(), 1.0, Par::Seq);
-
-            // Only blocks with a negative entry in W (or in Y) need the
-            // positive-part correction; on non-negative data most have none.
-            let lift_needed = has_negative_y && y[start * p..end * p].iter().any(|&v| v < 0.0);
-            let any_negative = w_block.iter().fold(f64::INFINITY, |low, &v| low.min(v)) < 0.0;
-            let correction_block = &mut correction[local * q..(local + width) * q];
-            if !any_negative && !lift_needed {
-                correction_block.iter_mut().for_each(|v| *v = 0.0);
-            } else {
-                // delta = max(max(Y, 0) - X U, 0) - (Y - X U), stored over W.
-                for (index, value) in w_block.iter_mut().enumerate() {
-                    let cell = start * p + index;
-                    let lift = if lift_needed { y_positive[cell] - y[cell] } else { 0.0 };
-                    *value = (*value + lift).max(0.0) - *value;
+            let (local, local_end) = (start - columns.start, end - columns.start);
+            let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, end - start);
+            let xty_values = &mut xty[local * q..local_end * q];
+            let xty_block = faer::MatMut::from_column_major_slice_mut(xty_values, q, end - start);
+            matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
+            let block_correction = &mut correction[local * q..local_end * q];
+            block_correction.iter_mut().for_each(|v| *v = 0.0);
+            let block_columns = y[start * p..end * p]
+                .chunks_exact(p)
+                .zip(u.data[start * q..end * q].chunks_exact(q))
+                .zip(&summary.column_min[start..end])
+                .zip(summary.chunk_min[start * chunks..end * chunks].chunks_exact(chunks))
+                .zip(block_correction.chunks_exact_mut(q))
+                .filter(|_| positive_part);
+            for ((((y_column, u_column), &smallest), chunk_min), out) in block_columns {
+                let bound: f64 = u_column.iter().zip(&column_max).map(|(&u, m)| positive(u) * m).sum();
+                if smallest < bound {
+                    correct_column(y_column, chunk_min, u_column, &bounds, out);
                 }
-                let delta = MatRef::from_column_major_slice(w_block, p, width);
-                let out = faer::MatMut::from_column_major_slice_mut(correction_block, q, width);
-                matmul(out, Accum::Replace, x_ref.transpose(), delta, 1.0, Par::Seq);
             }
             start = end;
         }
     });
 }
 
+/// Per-iteration facts about X for [`correct_column`].
+struct Bounds<'a> {
+    /// X's rows one after another.
+    x_rows: &'a [f64],
+    /// Largest entry of each row of X.
+    row_max: &'a [f64],
+    /// Largest entry of X within each chunk of `CHUNK_ROWS` rows.
+    chunk_row_max: &'a [f64],
+}
+
+/// Adds `X' delta` to `out` for one column y of Y and its random effects u,
+/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `chunk_min` holds
+/// the lower bounds of y's chunks from [`DataSummary`].
+///
+/// delta is zero in a cell where y is non-negative and at least (X u)_p.
+/// Since (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0), only cells below
+/// that bound (which include every negative cell) need (X u)_p at all, and
+/// a chunk of rows whose smallest entry is at least the largest bound in
+/// the chunk needs none. On data with few cells near zero that is a small
+/// share, so the Theta-step costs about one product X'Y instead of two
+/// (forming X U, then X'(Y - X U)).
+///
+/// Limitation: the check goes cell by cell through the flagged chunks. On
+/// data with many zeros or small values spread over most columns (sparse
+/// counts, for example) it can cost several times a product, so such fits
+/// take longer per iteration than forming W for the whole block would.
+fn correct_column(y: &[f64], chunk_min: &[f32], u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
+    let q = u.len();
+    let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
+    let chunks = y.chunks(CHUNK_ROWS).zip(chunk_min).zip(bounds.chunk_row_max).enumerate();
+    for (chunk, ((values, &smallest), &largest_x)) in chunks {
+        if f64::from(smallest) >= largest_x * positive_sum {
+            continue;
+        }
+        let first_row = chunk * CHUNK_ROWS;
+        for (row, (&value, &maximum)) in (first_row..).zip(values.iter().zip(&bounds.row_max[first_row..])) {
+            if value >= maximum * positive_sum {
+                continue;
+            }
+            let x_row = &bounds.x_rows[row * q..(row + 1) * q];
+            let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
+            let delta = positive(positive(value) - fitted) - (value - fitted);
+            if delta != 0.0 {
+                out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
+            }
+        }
+    }
+}
+
+/// Returns max(value, 0). Unlike `f64::max` it needs no NaN handling (a NaN
+/// gives 0 either way), so that loops over it compile to plain comparisons.
+#[inline]
+fn positive(value: f64) -> f64 {
+    if value > 0.0 {
+        value
+    } else {
+        0.0
+    }
+}
+
+/// Returns the transpose of `matrix`.
+fn transposed(matrix: &Dense) -> Dense {
+    let mut out = Dense::zeros(matrix.cols, matrix.rows);
+    for j in 0..matrix.cols {
+        for (i, &value) in matrix.col(j).iter().enumerate() {
+            out.data[j + out.rows * i] = value;
+        }
+    }
+    out
+}
+
+/// Rows of a column of Y per chunk in the tests of [`correct_column`].
+const CHUNK_ROWS: usize = 8;
+
+/// Facts about Y that every iteration uses, gathered once per fit.
+struct DataSummary {
+    /// ||Y||^2, for the residual sum of squares without a pass over Y.
+    squared_norm: f64,
+    /// Smallest entry of each column of Y.
+    column_min: Vec<f64>,
+    /// Lower bound on the entries of each chunk of `CHUNK_ROWS` rows of
+    /// each column, column by column: the chunk's smallest entry rounded
+    /// down to single precision, so that it takes a sixteenth of Y's size.
+    chunk_min: Vec<f32>,
+}
+
+impl DataSummary {
+    fn new(y: &[f64], p: usize) -> Self {
+        let smallest = |values: &[f64]| values.iter().fold(f64::INFINITY, |low, &v| low.min(v));
+        let column_min = y.chunks_exact(p).map(smallest).collect();
+        let chunk_min = y
+            .chunks_exact(p)
+            .flat_map(|column| column.chunks(CHUNK_ROWS).map(|chunk| round_down_to_single(smallest(chunk))))
+            .collect();
+        DataSummary { squared_norm: sum_of_squares(y), column_min, chunk_min }
+    }
+}
+
+/// Returns the largest single-precision value not above `value`.
+fn round_down_to_single(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) > value {
+        rounded.next_down()
+    } else {
+        rounded
+    }
+}
+
+/// Share of ||Y||^2 below which the residual sum of squares is computed by
+/// a pass over Y instead of from the Gram identity.
+const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
+
+/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.xty`
+/// = X'Y, `work.gram` = X'X and `work.fixed` = Theta A for the same X and
+/// Theta, and `y_squared_norm` = ||Y||^2; sets `work.scratch` to B.
+///
+/// The Gram identity ||Y||^2 - 2 <X'Y, B> + <X'X, B B'> needs no pass over
+/// Y, but subtracts terms of size ||Y||^2 and so loses about log10(||Y||^2
+/// / RSS) digits. Below `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than
+/// four digits would be lost and rounding could approach the relative
+/// change that the stopping rule compares with epsilon, Y is read again.
+fn residual_sum_of_squares(
+    y: &[f64],
+    y_squared_norm: f64,
+    x: &Dense,
+    u: &Dense,
+    work: &mut Workspace,
+    threads: usize,
+) -> f64 {
+    let q = x.cols;
+    for ((s, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&u.data) {
+        *s = f + u;
+    }
+    let mut scores_outer = Dense::zeros(q, q);
+    gemm(&mut scores_outer, &work.scratch, false, &work.scratch, true, 1.0, false, Par::Seq);
+    let cross = dot(&work.xty.data, &work.scratch.data);
+    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &scores_outer.data);
+    if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
+        return from_gram;
+    }
+    residual_sum_of_squares_by_pass(y, x, &work.scratch, threads)
+}
+
 /// Returns ||Y - X scores||^2, reading Y once in cache-sized blocks.
-fn residual_sum_of_squares(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
+fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
+
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
     let x_ref = x.as_ref();
@@ -614,14 +787,19 @@ pub(crate) fn fit_from(
 ) -> Result<Fit> {
     let (p, n, k, q) = (data.p, data.n, data.k, options.rank);
     let threads = options.threads.max(1);
-    let par = par_for(threads);
+    // The passes over Y split their columns across `threads` scoped
+    // threads. The small products (Q x Q or Q x K by Q x N) stay on one
+    // thread: faer's pool threads keep spinning after a product and on a
+    // machine with few cores slow those passes down more than they gain.
+    let par = Par::Seq;
     let y_positive = data.y_positive();
-    let y_pos_ref = MatRef::from_column_major_slice(&y_positive, p, n);
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
 
+    let summary = DataSummary::new(data.y, p);
     let mut work = Workspace::new(p, n, q, k);
     outer_product_sum(&a, &a, &mut work.aat);
+    fixed_scores(&state.theta, &a, &mut work.fixed, par);
     matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
 
     let mut record = CapRecord::default();
@@ -674,13 +852,13 @@ pub(crate) fn fit_from(
                 record.last = Some(iteration);
             }
         }
-        update_random_effects(&mut state, &mut work, &a, lambda, par)?;
+        update_random_effects(&mut state, &mut work, lambda, par)?;
 
         // X-step: Lee-Seung update against the positive part of the scores.
         for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
-            *b = (f + u).max(0.0);
+            *b = positive(f + u);
         }
-        matmul(work.ybt.as_mut(), Accum::Replace, y_pos_ref, work.scratch.as_ref().transpose(), 1.0, par);
+        product_with_scores(&y_positive, &work.scratch, &mut work.ybt, threads);
         gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
         product(&state.x, &work.bbt, &mut work.x_denominator);
         for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
@@ -691,24 +869,26 @@ pub(crate) fn fit_from(
         // Theta-step against the data with the random effects removed,
         // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
         // one W itself.
+        // X'(Y - X U) = X'Y - X'X U, so Y is read for X'Y only; X'Y also
+        // serves the next U-step and the residual sum of squares.
         cross_product(&state.x, &state.x, &mut work.gram);
-        remove_random_effects(data.y, &y_positive, &state.x, &state.u, &mut work, threads);
+        let positive_part = options.theta_mode == ThetaMode::NonNegative;
+        project_data(data.y, &summary, &state.x, &state.u, positive_part, &mut work, threads);
+        for (value, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
+            *value += xty;
+        }
+        gemm(&mut work.scratch, &work.gram, false, &state.u, false, -1.0, true, par);
         match options.theta_mode {
             ThetaMode::NonNegative => {
                 let mut numerator = Dense::zeros(q, k);
-                product_transposed(&work.xtw, &a, &mut numerator);
-                let mut correction = Dense::zeros(q, k);
-                product_transposed(&work.scratch, &a, &mut correction);
-                for (value, c) in numerator.data.iter_mut().zip(&correction.data) {
-                    *value += c;
-                }
+                product_transposed(&work.scratch, &a, &mut numerator);
                 let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
                 for ((t, num), den) in state.theta.data.iter_mut().zip(&numerator.data).zip(&denominator.data) {
                     *t = (*t * safe_divide(*num, *den, EPS)).max(EPS);
                 }
             }
             ThetaMode::Free => {
-                state.theta = free_theta(&work.xtw, &a, &work.gram, &work.aat)?;
+                state.theta = free_theta(&work.scratch, &a, &work.gram, &work.aat)?;
             }
         }
 
@@ -719,18 +899,9 @@ pub(crate) fn fit_from(
             ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
         };
 
-        // Residuals at the new parameters. X'Y for the next U-step follows
-        // without another pass over Y: X'Y = X'(Y - X U) + X'X U.
-        // `fixed` becomes Theta A + U here; the next U-step recomputes Theta A.
+        // Residuals at the new parameters; Theta A also serves the next U-step.
         fixed_scores(&state.theta, &a, &mut work.fixed, par);
-        for (f, u) in work.fixed.data.iter_mut().zip(&state.u.data) {
-            *f += u;
-        }
-        rss = residual_sum_of_squares(data.y, &state.x, &work.fixed, threads);
-        gemm(&mut work.xty, &work.gram, false, &state.u, false, 1.0, false, par);
-        for (value, w) in work.xty.data.iter_mut().zip(&work.xtw.data) {
-            *value += w;
-        }
+        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &state.u, &mut work, threads);
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -797,8 +968,10 @@ pub(crate) fn fit_from(
             if options.extrapolate {
                 let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
                 if moved {
+                    // The next U-step needs X'Y and Theta A for the new X and Theta.
                     normalise(&mut state.x, &mut state.theta, &mut state.u);
                     matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
+                    fixed_scores(&state.theta, &a, &mut work.fixed, par);
                 }
             }
         }
@@ -901,21 +1074,23 @@ fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
 }
 
 /// Sets U to the ridge solution `(X'X + lambda I)^{-1} X'(Y - X Theta A)`
-/// with one Cholesky factorisation, then centres its rows. Needs `work.gram`
-/// = X'X and `work.xty` = X'Y for the current X; leaves Theta A in
-/// `work.fixed`.
-fn update_random_effects(state: &mut State, work: &mut Workspace, a: &Dense, lambda: f64, par: Par) -> Result<()> {
+/// with one Cholesky factorisation, then centres its rows. Needs
+/// `work.gram` = X'X, `work.xty` = X'Y and `work.fixed` = Theta A for the
+/// current X and Theta.
+fn update_random_effects(state: &mut State, work: &mut Workspace, lambda: f64, par: Par) -> Result<()> {
     let q = state.x.cols;
     let mut ridge = work.gram.clone();
     for i in 0..q {
         ridge.data[i + q * i] += lambda;
     }
-    let cholesky = Cholesky::new(&ridge, "X'X + lambda I")?;
-    fixed_scores(&state.theta, a, &mut work.fixed, par);
-    work.scratch.copy_from(&work.xty);
-    gemm(&mut work.scratch, &work.gram, false, &work.fixed, false, -1.0, true, par);
-    cholesky.solve_columns_with(&mut work.scratch, par);
-    state.u.copy_from(&work.scratch);
+    // With the Q x Q inverse M^-1 of the ridge matrix, U = M^-1 X'Y -
+    // (M^-1 X'X) Theta A: two small products, which cost less than
+    // triangular solves column by column.
+    let inverse = Cholesky::new(&ridge, "X'X + lambda I")?.inverse();
+    let mut inverse_gram = Dense::zeros(q, q);
+    product(&inverse, &work.gram, &mut inverse_gram);
+    gemm(&mut state.u, &inverse, false, &work.xty, false, 1.0, false, par);
+    gemm(&mut state.u, &inverse_gram, false, &work.fixed, false, -1.0, true, par);
     centre_rows(&mut state.u);
     Ok(())
 }
@@ -976,17 +1151,17 @@ fn largest_row_scaled_change(before: &Dense, after: &Dense) -> f64 {
 /// do not absorb an intercept that belongs in Theta.
 fn centre_rows(u: &mut Dense) {
     let (q, n) = (u.rows, u.cols);
-    let mut means = vec![0.0; q];
-    for column in u.data.chunks_exact(q) {
-        for (mean, value) in means.iter_mut().zip(column) {
-            *mean += value;
-        }
+    // Summing eight columns at a time gives 8 q independent chains of
+    // additions instead of q long ones, which would wait on each other.
+    let width = 8 * q;
+    let mut sums = vec![0.0; width];
+    for group in u.data.chunks(width) {
+        sums.iter_mut().zip(group).for_each(|(sum, value)| *sum += value);
     }
-    means.iter_mut().for_each(|mean| *mean /= n as f64);
-    for column in u.data.chunks_exact_mut(q) {
-        for (value, mean) in column.iter_mut().zip(&means) {
-            *value -= mean;
-        }
+    let means: Vec<f64> = (0..q).map(|row| sums[row..].iter().step_by(q).sum::<f64>() / n as f64).collect();
+    let pattern: Vec<f64> = means.iter().cycle().take(width).copied().collect();
+    for group in u.data.chunks_mut(width) {
+        group.iter_mut().zip(&pattern).for_each(|(value, mean)| *value -= mean);
     }
 }
 
@@ -1084,7 +1259,8 @@ mod tests {
         cross_product(&state.x, &state.x, &mut work.gram);
         cross_product(&state.x, &y_dense, &mut work.xty);
         let lambda = 0.7;
-        update_random_effects(&mut state, &mut work, &a, lambda, Par::Seq).unwrap();
+        fixed_scores(&state.theta, &a, &mut work.fixed, Par::Seq);
+        update_random_effects(&mut state, &mut work, lambda, Par::Seq).unwrap();
 
         // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
         // row means removed, so (X'X + lambda I) U equals the right-hand side
@@ -1108,6 +1284,93 @@ mod tests {
             }
             let u_mean = (0..n).map(|j| state.u.get(row, j)).sum::<f64>() / n as f64;
             assert!(u_mean.abs() < 1e-12);
+        }
+    }
+
+    /// Returns Y - X B for column-major Y (p x n), X (p x q) and B (q x n).
+    fn residuals(y: &[f64], x: &Dense, scores: &Dense) -> Dense {
+        let mut fitted = Dense::zeros(x.rows, scores.cols);
+        product(x, scores, &mut fitted);
+        Dense::from_vec(x.rows, scores.cols, y.iter().zip(&fitted.data).map(|(y, f)| y - f).collect())
+    }
+
+    /// A 19 x 600 problem (two full chunks of rows and a partial one) whose Y
+    /// has zeros, small and negative cells, so that the positive-part
+    /// correction is needed in some columns and chunks and not in others.
+    fn projection_example() -> (Vec<f64>, Dense, Dense) {
+        let (p, n, q) = (19, 600, 3);
+        let y: Vec<f64> = (0..p * n)
+            .map(|i| match i % 23 {
+                0 => 0.0,
+                5 => -0.3,
+                _ => 0.05 + ((i * 37) % 101) as f64 / 20.0,
+            })
+            .collect();
+        let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.05 + ((i * 7) % 5) as f64 / 10.0).collect());
+        let u = Dense::from_vec(q, n, (0..q * n).map(|i| ((i * 13) % 17) as f64 / 4.0 - 2.0).collect());
+        (y, x, u)
+    }
+
+    #[test]
+    fn projection_matches_its_definition() {
+        // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) written out cell by
+        // cell; the pass skips cells by a bound and must still agree.
+        let (y, x, u) = projection_example();
+        let (p, n, q) = (x.rows, u.cols, x.cols);
+        let w = residuals(&y, &x, &u);
+        let delta: Vec<f64> = y.iter().zip(&w.data).map(|(y, w)| (y.max(0.0) - (y - w)).max(0.0) - w).collect();
+        let mut expected_xty = Dense::zeros(q, n);
+        cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut expected_xty);
+        let mut expected_correction = Dense::zeros(q, n);
+        cross_product(&x, &Dense::from_vec(p, n, delta), &mut expected_correction);
+        assert!(expected_correction.data.iter().any(|&v| v != 0.0));
+        assert!(expected_correction.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
+
+        let summary = DataSummary::new(&y, p);
+        for threads in [1, 2] {
+            let mut work = workspace(p, n, q, 1);
+            project_data(&y, &summary, &x, &u, true, &mut work, threads);
+            for (actual, expected) in [(&work.xty, &expected_xty), (&work.scratch, &expected_correction)] {
+                for (a, e) in actual.data.iter().zip(&expected.data) {
+                    assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+                }
+            }
+            project_data(&y, &summary, &x, &u, false, &mut work, threads);
+            assert!(work.scratch.data.iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn residual_sum_of_squares_matches_direct_sum() {
+        // Once with a large residual (the Gram identity) and once with Y
+        // almost equal to X U (RSS below 1e-4 ||Y||^2, the pass over Y).
+        let (y, x, u) = projection_example();
+        let (p, n, q) = (x.rows, u.cols, x.cols);
+        let mut nearly_fitted = residuals(&vec![0.0; p * n], &x, &u);
+        nearly_fitted.data.iter_mut().enumerate().for_each(|(i, v)| *v = -*v + 1e-4 * ((i % 3) as f64 - 1.0));
+        for y in [y, nearly_fitted.data] {
+            let direct = residuals(&y, &x, &u).squared_norm();
+            let mut work = workspace(p, n, q, 1);
+            cross_product(&x, &x, &mut work.gram);
+            cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut work.xty);
+            let summary = DataSummary::new(&y, p);
+            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &u, &mut work, 1);
+            assert!((rss - direct).abs() < 1e-12 * direct, "{rss} vs {direct}");
+        }
+    }
+
+    #[test]
+    fn product_with_scores_agrees_across_threads() {
+        let (y, x, u) = projection_example();
+        let (p, q) = (x.rows, x.cols);
+        let mut expected = Dense::zeros(p, q);
+        gemm(&mut expected, &Dense::from_vec(p, u.cols, y.clone()), false, &u, true, 1.0, false, Par::Seq);
+        for threads in [1, 2, 3] {
+            let mut out = Dense::zeros(p, q);
+            product_with_scores(&y, &u, &mut out, threads);
+            for (a, e) in out.data.iter().zip(&expected.data) {
+                assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+            }
         }
     }
 
