@@ -49,6 +49,7 @@ match_option <- function(value, name, choices) {
 
 describe_value <- function(value) {
   if (is.null(value)) return("NULL")
+  if (is.function(value)) return("a function")
   if (length(value) != 1L) {
     return(sprintf("a %s of length %d", class(value)[1], length(value)))
   }
@@ -69,8 +70,9 @@ check_response <- function(Y, name = "Y") {
     Y <- as.matrix(Y)
   }
   if (!is.matrix(Y) || !is.numeric(Y)) {
-    stop(sprintf("`%s` must be a numeric matrix (P measurements x N units), not %s.",
-                 name, class(Y)[1]), call. = FALSE)
+    kind <- if (is.matrix(Y)) paste(typeof(Y), "matrix") else class(Y)[1]
+    stop(sprintf("`%s` must be a numeric matrix (P measurements x N units), not a %s.",
+                 name, kind), call. = FALSE)
   }
   # One pass in Rust instead of logical temporaries the size of Y.
   if (!is.double(Y)) storage.mode(Y) <- "double"

@@ -4,7 +4,8 @@
 #' `lme4::lmerControl()`. Every argument has a documented default; most users
 #' never change them.
 #'
-#' @param maxit Maximum number of iterations of the alternating updates.
+#' @param maxit Maximum number of iterations of the alternating updates,
+#'   counting both the published loop and the polishing that follows it.
 #' @param epsilon Convergence tolerance on the relative change of the
 #'   penalised objective `||Y - X(Theta A + U)||^2 + lambda ||U||^2`.
 #' @param seed Seed of the package's own ChaCha20 generator, used for the
@@ -43,10 +44,11 @@
 #'   schedule reached, which keeps the ridge penalty of the published
 #'   algorithm. With the cap on, polishing sets tau2 to the largest value up
 #'   to `tau2_start` that keeps dfU within the cap.
-#' @param nstart Number of random starts run, in parallel, besides the
-#'   NNDSVDar start. Start s draws X from stream s of the ChaCha20 generator
-#'   seeded with `seed`; the fit with the lowest final objective is kept and
-#'   the spread across starts is recorded in `fit$optimum`.
+#' @param nstart Number of random starts run besides the NNDSVDar start, in
+#'   parallel when `threads` is above 1. Start s draws X from stream s of
+#'   the ChaCha20 generator seeded with `seed`; the fit with the lowest final
+#'   objective is kept and the spread across starts is recorded in
+#'   `fit$optimum`.
 #' @param df_cap An absolute ceiling on the random effects' effective degrees
 #'   of freedom dfU. When given, it replaces the ceiling `df_rate * N * Q`.
 #' @param use_cap `FALSE` switches the df cap off; tau2 then follows its own

@@ -88,6 +88,13 @@ fit_nmfre <- function(Y, A, rank, df_rate, theta, control) {
                         "divide Y by a power of 10, such as 10^%d, and refit."),
                  scale, round(log10(scale))), call. = FALSE)
   }
+  # Variances scale with the square of Y, so below a mean of about 1e-154
+  # they fall under the smallest normal double.
+  if (min(raw$sigma2, raw$tau2) < .Machine$double.xmin) {
+    stop(sprintf(paste0("The fitted variances underflow on Y's scale (mean about %.0e): ",
+                        "multiply Y by a power of 10, such as 10^%d, and refit."),
+                 scale, -round(log10(scale))), call. = FALSE)
+  }
   fit <- assemble_fit(raw, Y, A, rank, df_rate, theta, control)
   fit$scale <- scale
   warn_fit_problems(fit)
@@ -163,8 +170,12 @@ optimum_record <- function(raw, Theta) {
     best_objective <- raw$start_objective[best]
     near <- raw$start_converged &
       abs(raw$start_objective - best_objective) <= 1e-6 * abs(best_objective)
-    scale <- pmax(abs(thetas[, best]), 1e-8 * max(abs(thetas[, best])))
-    record$theta_spread <- max(abs(thetas[, near, drop = FALSE] - thetas[, best]) / scale)
+    # Differences count relative to the largest entry of the basis (row of
+    # Theta), so an entry near 0 that differs by 1e-8 is no disagreement.
+    basis <- (seq_len(nrow(thetas)) - 1L) %% nrow(Theta) + 1L
+    basis_scale <- as.numeric(tapply(abs(thetas[, best]), basis, max))[basis]
+    basis_scale[basis_scale == 0] <- 1
+    record$theta_spread <- max(abs(thetas[, near, drop = FALSE] - thetas[, best]) / basis_scale)
     converged <- raw$start_converged
     record$objective_spread <- if (any(converged)) {
       (max(raw$start_objective[converged]) - best_objective) / abs(best_objective)
@@ -211,14 +222,18 @@ warn_fit_problems <- function(fit) {
       "fixed-point residuals (X %.1e, Theta %.1e) are still above `kkt_tolerance`: ",
       "the updates creep along a flat direction, as they do when the bases are ",
       "nearly collinear and Theta is weakly identified. Increase `maxit` in ",
-      "nmfre_control(), try a smaller rank, or set `polish = FALSE` to keep the ",
-      "published stopping point."),
+      "nmfre_control() (it counts the iterations of both phases), try a smaller ",
+      "rank, or set `polish = FALSE` to keep the published stopping point."),
       fit$optimum$paper_iterations, fit$iterations, fit$optimum$kkt_x,
       fit$optimum$kkt_theta), call. = FALSE)
   } else if (!fit$converged) {
-    warning(sprintf(paste0("nmfre did not converge in %d iterations (%s). Increase ",
-                           "`maxit` in nmfre_control() or check the data's scale."),
-                    fit$iterations, fit$stop_reason), call. = FALSE)
+    rescaled <- !is.null(fit$scale) && fit$scale != 1
+    warning(sprintf(paste0("nmfre did not converge in %d iterations: the relative change ",
+                           "of the objective is still above `epsilon`. Increase `maxit` in ",
+                           "nmfre_control()%s."),
+                    fit$iterations,
+                    if (rescaled) ", or bring Y nearer to unit scale" else ""),
+            call. = FALSE)
   }
   if (isTRUE(fit$cap$binding)) {
     warning(binding_cap_message(fit), call. = FALSE)
@@ -258,7 +273,9 @@ theta_at_lower_bound <- function(fit) {
   contribution <- sweep(Theta, 2, largest_covariate, `*`)
   largest_score <- apply(abs(Theta %*% A), 1, max)
   negligible <- contribution <= 1e-3 * largest_score
-  if (!any(negligible)) return(Theta <= 1e-9)
+  # The core's floor for Theta is 1e-10 on the scale it fitted, Y / fit$scale.
+  at_floor <- Theta <= 1e-9 * (if (is.null(fit$scale)) 1 else fit$scale)
+  if (!any(negligible)) return(at_floor)
 
   # Only reached when some effect is negligible: Ystar is as large as Y.
   Ystar <- pmax(pmax(fit$Y, 0) - X %*% fit$U, 0)
@@ -266,5 +283,5 @@ theta_at_lower_bound <- function(fit) {
   denominator <- crossprod(X) %*% Theta %*% tcrossprod(A)
   shrinking <- numerator < (1 - 1e-3) * denominator
 
-  (Theta <= 1e-9) | (negligible & shrinking)
+  at_floor | (negligible & shrinking)
 }

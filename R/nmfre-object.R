@@ -34,6 +34,9 @@
 #'   \item{`objective`}{Penalised objective after each iteration.}
 #'   \item{`rss`}{Residual sum of squares at the end.}
 #'   \item{`Y`, `A`}{The data as fitted.}
+#'   \item{`scale`}{The power of 2 that Y was divided by inside the core
+#'     when its scale was extreme (1 otherwise); the stored estimates are on
+#'     Y's own scale.}
 #'   \item{`rank`, `theta`, `df_rate`, `control`, `call`}{Settings of the fit.}
 #'   \item{`dfscan`}{Present when `df_rate = NULL` chose the rate: the
 #'     [nmfre_dfscan()] table the choice was made from.}
@@ -61,7 +64,5 @@
 #'     `response` label.}
 #' }
 #'
-#' A fit whose df rate was chosen automatically also stores `dfscan`, the
-#' scan table with columns `rate`, `ratio` and `status`.
 #' @name nmfre-object
 NULL

@@ -46,13 +46,25 @@ format_number <- function(x, digits = 4) format(signif(x, digits), trim = TRUE)
 }
 
 # How the optimum was certified: the phases of the loop, the fixed-point
-# residuals and, with several starts, how far they agree.
-.prt_optimum <- function(optimum, iterations) {
+# residuals against their tolerance and, with several starts, how far they
+# agree.
+.prt_optimum <- function(optimum, convergence, certification) {
   if (is.null(optimum)) return(invisible())
-  polished <- iterations - optimum$paper_iterations
-  cat(sprintf("Optimum: %d published + %d polishing iterations; fixed-point residuals X %s, Theta %s\n",
-              optimum$paper_iterations, polished, format(signif(optimum$kkt_x, 2)),
-              format(signif(optimum$kkt_theta, 2))))
+  tolerance <- format(certification$tolerance)
+  residuals <- sprintf("fixed-point residuals X %s, Theta %s",
+                       format(signif(optimum$kkt_x, 2)), format(signif(optimum$kkt_theta, 2)))
+  text <- if (!isTRUE(certification$polish)) {
+    sprintf("Optimum: not certified (published loop only, polish = FALSE); %s", residuals)
+  } else if (convergence$converged) {
+    sprintf(paste0("Optimum: certified after %d published + %d polishing iterations: a further ",
+                   "iteration moves no entry of X or Theta by more than %s (relative); %s"),
+            optimum$paper_iterations, convergence$iterations - optimum$paper_iterations,
+            tolerance, residuals)
+  } else {
+    sprintf("Optimum: NOT certified within maxit; %s, above the tolerance %s",
+            residuals, tolerance)
+  }
+  cat(strwrap(text, width = 0.9 * getOption("width"), exdent = 2), sep = "\n")
   starts <- optimum$starts
   if (!is.null(starts)) {
     converged <- sum(starts$converged)

@@ -49,6 +49,9 @@ summary.nmfre <- function(object, ...) {
                          stop_reason = object$stop_reason,
                          objective = utils::tail(object$objective, 1)),
       optimum = object$optimum,
+      certification = list(polish = object$control$polish,
+                           tolerance = object$control$kkt_tolerance,
+                           tau2_start = object$control$tau2_start),
       warnings = fit_warnings(object),
       residuals = scaled_residual_quantiles(object),
       varcor = VarCorr(object), lambda = object$lambda,
@@ -121,14 +124,14 @@ print.summary.nmfre <- function(x, digits = max(3L, getOption("digits") - 3L),
   cat("\n")
   .prt_convergence(x$convergence$iterations, x$convergence$converged,
                    x$convergence$stop_reason, x$convergence$objective)
-  .prt_optimum(x$optimum, x$convergence$iterations)
+  .prt_optimum(x$optimum, x$convergence, x$certification)
   .prt_warnings(x$warnings)
   cat("\n")
   .prt_resids(x$residuals, digits)
   cat("\n")
   cat("Random effects:\n")
   .prt_VC(x$varcor, digits)
-  .prt_random_extras(x$lambda, x$icc, digits)
+  .prt_random_extras(x$lambda, x$icc, digits, x$cap, x$certification$tau2_start)
   .prt_cap(x$dfU, x$cap, x$dims[["N"]], x$dims[["rank"]])
   .prt_dfscan(x$df_rate, x$dfscan)
   .prt_counts(x$dims)
@@ -150,9 +153,16 @@ print.summary.nmfre <- function(x, digits = max(3L, getOption("digits") - 3L),
   print(quantiles, digits = digits)
 }
 
-.prt_random_extras <- function(lambda, icc, digits) {
+.prt_random_extras <- function(lambda, icc, digits, cap = NULL, tau2_start = NULL) {
   cat(sprintf("lambda = sigma2 / tau2 = %s; ICC = %s\n",
               format_number(lambda, digits), format_number(icc, digits)))
+  if (!is.null(cap) && cap$type != "off") {
+    text <- sprintf(paste0("Note: with the df cap on, tau2 is not estimated: it stays at ",
+                           "tau2_start = %s unless the cap lowers it, so tau2, lambda and ",
+                           "the ICC depend on that start and on the units of Y."),
+                    format(tau2_start))
+    cat(strwrap(text, width = 0.9 * getOption("width"), exdent = 2), sep = "\n")
+  }
 }
 
 .prt_counts <- function(dims) {

@@ -6,6 +6,8 @@ fit_quietly <- function(...) nmfre(..., control = nmfre_control(inference = FALS
 
 test_that("non-numeric Y is rejected", {
   expect_error(nmfre(matrix(letters[1:8], 2)), "`Y` must be a numeric matrix")
+  expect_error(nmfre(matrix(TRUE, 2, 4)), "not a logical matrix")
+  expect_error(nmfre_control(maxit = mean), "`maxit` must be a whole number .*, not a function\\.$")
   frame <- data.frame(a = c(1, 2, 3), b = c("x", "y", "z"))
   expect_error(nmfre(frame), "column\\(s\\) 'b' are not")
 })
@@ -117,12 +119,12 @@ test_that("user objects are untouched by a fit", {
 })
 
 test_that("extreme scales are fitted after internal rescaling", {
-  # Y times 2^-1000 is fitted as Y times 2^-1000 / scale, where scale is a
+  # Y times 2^-400 is fitted as Y times 2^-400 / scale, where scale is a
   # power of 2; mapping back must reproduce that moderate-scale fit exactly.
   d <- good()
-  tiny <- suppressWarnings(nmfre(d$Y * 2^-1000, d$A, rank = 1, df_rate = 0.21))
+  tiny <- suppressWarnings(nmfre(d$Y * 2^-400, d$A, rank = 1, df_rate = 0.21))
   expect_true(tiny$scale != 1)
-  moderate <- suppressWarnings(nmfre(d$Y * 2^-1000 / tiny$scale, d$A, rank = 1, df_rate = 0.21))
+  moderate <- suppressWarnings(nmfre(d$Y * 2^-400 / tiny$scale, d$A, rank = 1, df_rate = 0.21))
   expect_identical(moderate$scale, 1)
   expect_equal(tiny$Theta, moderate$Theta * tiny$scale, tolerance = 1e-12)
   expect_equal(tiny$inference$coefficients[, "Std. Error"],
@@ -134,6 +136,23 @@ test_that("extreme scales are fitted after internal rescaling", {
   expect_true(large$converged)
   expect_error(suppressWarnings(nmfre(d$Y * 1e300, d$A, rank = 1, df_rate = 0.21)),
                "fitted variances overflow.*divide Y by a power of 10")
+  # At 1e-200 the variances (about 1e-400) are below the smallest double.
+  expect_error(suppressWarnings(nmfre(d$Y * 1e-200, d$A, rank = 1, df_rate = 0.21)),
+               "fitted variances underflow.*multiply Y by a power of 10, such as 10\\^199")
+})
+
+test_that("small-scale Theta is not reported at its bound", {
+  # Theta scales with Y, so on Y * 1e-10 the intercept is about 9e-9;
+  # only entries at the core's floor (1e-10 on the scale it fitted) count.
+  d <- good()
+  messages <- character()
+  withCallingHandlers(
+    nmfre(d$Y * 1e-10, d$A, rank = 1, df_rate = 0.21, control = nmfre_control(inference = FALSE)),
+    warning = function(w) {
+      messages <<- c(messages, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  expect_false(any(grepl("lower bound", messages)))
 })
 
 test_that("a cap that binds gives a warning", {

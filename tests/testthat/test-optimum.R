@@ -140,3 +140,21 @@ test_that("polishing moves the variances to their fixed point", {
   # At the fixed point sigma2 equals the mean squared residual.
   expect_equal(fit$sigma2, fit$rss / length(d$Y), tolerance = 1e-6)
 })
+
+test_that("an entry at its bound does not count as a disagreement", {
+  # The effect of x sits at its lower bound (about 5e-8 next to an intercept
+  # of about 5), and starts leave it at slightly different tiny values.
+  # Measured against the largest entry of its basis, starts agree.
+  set.seed(1)
+  Y <- matrix(stats::rexp(40), 5, 8)
+  A <- rbind(one = 1, x = stats::runif(8))
+  messages <- character()
+  fit <- withCallingHandlers(
+    nmfre(Y, A, rank = 1, control = nmfre_control(nstart = 200, inference = FALSE)),
+    warning = function(w) {
+      messages <<- c(messages, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  expect_lt(fit$optimum$theta_spread, 1e-3)
+  expect_false(any(grepl("not identified", messages)))
+})
