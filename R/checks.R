@@ -149,6 +149,11 @@ check_covariates <- function(A, N, theta) {
                         "example to [0, 1]) or use theta = \"free\"."),
                  paste0("'", bad, "'", collapse = ", ")), call. = FALSE)
   }
+  zero <- rowSums(A != 0) == 0
+  if (any(zero)) {
+    stop(sprintf("`A` has covariates that are 0 for every unit (%s); drop them.",
+                 paste0("'", rownames(A)[zero], "'", collapse = ", ")), call. = FALSE)
+  }
   check_collinear(A)
   A
 }

@@ -62,6 +62,11 @@ test_that("collinear covariates are named", {
                "collinear.*'male', 'twice male %'")
 })
 
+test_that("an all-zero covariate is named", {
+  A <- rbind(good()$A, z = 0)
+  expect_error(fit_quietly(good()$Y, A, rank = 1), "0 for every unit \\('z'\\); drop them")
+})
+
 test_that("all-zero Y is rejected", {
   expect_error(fit_quietly(matrix(0, 3, 4), rank = 1), "all zero")
 })
