@@ -95,6 +95,16 @@ new_covariates_from_data <- function(object, newdata) {
   if (!is.data.frame(newdata)) {
     stop("`newdata` must be a data frame.", call. = FALSE)
   }
+  needed <- all.vars(stats::delete.response(object$terms))
+  missing_variables <- setdiff(needed, names(newdata))
+  # Variables found where the formula was made are taken from there.
+  formula_environment <- environment(object$terms)
+  missing_variables <- missing_variables[!vapply(missing_variables, exists, logical(1),
+                                                 envir = formula_environment)]
+  if (length(missing_variables) > 0L) {
+    stop(sprintf("`newdata` lacks the covariate(s) %s of the model's right side; add them.",
+                 paste0("'", missing_variables, "'", collapse = ", ")), call. = FALSE)
+  }
   frame <- stats::model.frame(object$terms, newdata, na.action = stats::na.pass,
                               xlev = object$xlevels)
   classes <- attr(object$terms, "dataClasses")

@@ -41,6 +41,12 @@ test_that("predict rejects an unknown factor level", {
   expect_error(predict(fit, newdata = data.frame(Sex = "Other")), "new level")
 })
 
+test_that("predict names a missing covariate", {
+  fit <- long_fit()
+  expect_error(predict(fit, newdata = data.frame(Age = 1)),
+               "`newdata` lacks the covariate\\(s\\) 'Sex'")
+})
+
 test_that("predict with A computes X Theta A", {
   fit <- long_fit()
   A <- rbind("(Intercept)" = c(1, 1, 1), SexMale = c(0, 0.5, 1))
