@@ -20,8 +20,12 @@ const INITIAL_STEP_LIMIT: f64 = 4.0;
 const MAX_STEP_LIMIT: f64 = 1e4;
 
 pub(crate) struct Extrapolation {
-    /// Logs of the last iterates of (X, Theta), oldest first.
-    history: Vec<Vec<f64>>,
+    /// Logs of the last iterates of (X, Theta), oldest first. The buffers
+    /// are kept across restarts, so recording allocates only at first use.
+    history: [Vec<f64>; 3],
+    /// How many entries of `history` contain iterates recorded since the last
+    /// restart.
+    recorded: usize,
     step_limit: f64,
     /// Whether the last proposal was taken at the step limit.
     at_limit: bool,
@@ -29,32 +33,41 @@ pub(crate) struct Extrapolation {
 
 impl Extrapolation {
     pub(crate) fn new() -> Self {
-        Extrapolation { history: Vec::with_capacity(3), step_limit: INITIAL_STEP_LIMIT, at_limit: false }
+        Extrapolation {
+            history: [Vec::new(), Vec::new(), Vec::new()],
+            recorded: 0,
+            step_limit: INITIAL_STEP_LIMIT,
+            at_limit: false,
+        }
     }
 
     /// Forgets the iterates recorded so far, after a jump or a rejection.
     pub(crate) fn restart(&mut self) {
-        self.history.clear();
+        self.recorded = 0;
     }
 
     /// Records the iterate at the end of an iteration.
     pub(crate) fn record(&mut self, x: &Dense, theta: &Dense) {
-        if self.history.len() == 3 {
-            self.history.remove(0);
+        if self.recorded == 3 {
+            self.history.rotate_left(1);
+        } else {
+            self.recorded += 1;
         }
-        self.history.push(x.data.iter().chain(&theta.data).map(|v| v.ln()).collect());
+        let latest = &mut self.history[self.recorded - 1];
+        latest.clear();
+        latest.extend(x.data.iter().chain(&theta.data).map(|v| v.ln()));
     }
 
     /// Once three iterates are recorded and the step is longer than two
     /// plain iterations, writes the extrapolated iterate over `x` and
-    /// `theta` (which hold the latest iterate) and returns true.
+    /// `theta` (which contain the latest iterate) and returns true.
     ///
     /// Entries on the floor stay where they are. The floor is at most 1.5
     /// `floor`, because normalisation divides it by the column sum of X.
     /// Extrapolated entries are kept above the lowest entry of their block,
     /// so the jump does not lift the floor that the next iteration restores.
     pub(crate) fn propose(&mut self, x: &mut Dense, theta: &mut Dense, floor: f64) -> bool {
-        if self.history.len() < 3 {
+        if self.recorded < 3 {
             return false;
         }
         let (z0, z1, z2) = (&self.history[0], &self.history[1], &self.history[2]);

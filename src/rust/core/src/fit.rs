@@ -521,8 +521,8 @@ struct Bounds<'a> {
 }
 
 /// Adds `X' delta` to `out` for one column y of Y and its random effects u,
-/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`; `chunk_min` holds
-/// the lower bounds of y's chunks from [`DataSummary`].
+/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`. `chunk_min`
+/// contains the lower bounds of y's chunks from [`DataSummary`].
 ///
 /// delta is zero in a cell where y is non-negative and at least (X u)_p.
 /// Since (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0), only cells below
@@ -893,9 +893,9 @@ pub(crate) fn fit_from(
         }
 
         // X's bases are its columns, Theta's its rows.
-        kkt_x = fixed_point_residual(&x_before, &state.x, |i| i / p);
+        kkt_x = fixed_point_residual(&x_before, &state.x, true);
         kkt_theta = match options.theta_mode {
-            ThetaMode::NonNegative => fixed_point_residual(&theta_before, &state.theta, |i| i % q),
+            ThetaMode::NonNegative => fixed_point_residual(&theta_before, &state.theta, false),
             ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
         };
 
@@ -1042,10 +1042,12 @@ impl Jump {
 }
 
 /// Judges the last proposal by the fixed-point residuals of the first two
-/// iterations run from it, going back to the iterate it replaced when
-/// neither fell below the residual before the jump, and proposes the next
-/// jump when three iterates are recorded. Returns whether X and Theta were replaced, in which case
-/// X'Y must be recomputed.
+/// iterations run from it. When neither fell below the residual before the
+/// jump, goes back to the iterate the jump replaced. Then proposes the next
+/// jump once three iterates are recorded.
+///
+/// Returns whether X and Theta were replaced, in which case X'Y and Theta A
+/// must be recomputed.
 fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
     if let Some(run) = jump.pending {
         let accepted = residual < jump.residual;
@@ -1105,9 +1107,10 @@ fn theta_gradient_part(gram: &Dense, theta: &Dense, aat: &Dense) -> Dense {
 }
 
 /// Returns the fixed-point residual of a non-negative block (entries at or
-/// above the floor EPS) over one iteration: the largest relative growth
-/// `after / before - 1` of an entry, and the largest fall `before - after`
-/// relative to the largest entry of the entry's basis.
+/// above the floor EPS) over one iteration. It is the larger of two parts:
+/// the largest relative growth `after / before - 1` of an entry, and the
+/// largest fall `before - after` relative to the largest entry of the
+/// entry's basis.
 ///
 /// For a multiplicative update this is the projected gradient in its scaled
 /// form. A gradient that pulls an entry up counts in full, also on the
@@ -1115,17 +1118,24 @@ fn theta_gradient_part(gram: &Dense, theta: &Dense, aat: &Dense) -> Dense {
 /// entry down counts in proportion to the entry, so an entry sinking towards
 /// the floor stops counting once it is negligible against its basis. The
 /// residual does not depend on the units of Y and is zero exactly at a fixed
-/// point of the updates. `basis_of(i)` gives the basis of entry i.
-fn fixed_point_residual(before: &Dense, after: &Dense, basis_of: impl Fn(usize) -> usize) -> f64 {
-    let bases = before.rows.max(before.cols);
-    let mut scale = vec![0.0f64; bases];
-    for (i, value) in before.data.iter().enumerate() {
-        scale[basis_of(i)] = scale[basis_of(i)].max(*value);
-    }
+/// point of the updates. The bases are the columns of X and the rows of
+/// Theta, as `bases_are_columns` says.
+fn fixed_point_residual(before: &Dense, after: &Dense, bases_are_columns: bool) -> f64 {
+    // Basis b's entries start at `first * b` and lie `step` apart.
+    let (bases, count, first, step) = if bases_are_columns {
+        (before.cols, before.rows, before.rows, 1)
+    } else {
+        (before.rows, before.cols, 1, before.rows)
+    };
     let mut largest: f64 = 0.0;
-    for (i, (b, a)) in before.data.iter().zip(&after.data).enumerate() {
-        let change = if a > b { a / b - 1.0 } else { (b - a) / scale[basis_of(i)] };
-        largest = largest.max(change);
+    for basis in 0..bases {
+        let entries = (0..count).map(|k| first * basis + step * k);
+        let scale = entries.clone().map(|i| before.data[i]).fold(0.0, f64::max);
+        for i in entries {
+            let (b, a) = (before.data[i], after.data[i]);
+            let change = if a > b { a / b - 1.0 } else { (b - a) / scale };
+            largest = largest.max(change);
+        }
     }
     largest
 }
@@ -1294,8 +1304,8 @@ mod tests {
         Dense::from_vec(x.rows, scores.cols, y.iter().zip(&fitted.data).map(|(y, f)| y - f).collect())
     }
 
-    /// A 19 x 600 problem (two full chunks of rows and a partial one) whose Y
-    /// has zeros, small and negative cells, so that the positive-part
+    /// Returns a 19 x 600 problem (two full chunks of rows and a partial one)
+    /// whose Y has zeros, small and negative cells, so that the positive-part
     /// correction is needed in some columns and chunks and not in others.
     fn projection_example() -> (Vec<f64>, Dense, Dense) {
         let (p, n, q) = (19, 600, 3);
@@ -1314,7 +1324,7 @@ mod tests {
     #[test]
     fn projection_matches_its_definition() {
         // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) written out cell by
-        // cell; the pass skips cells by a bound and must still agree.
+        // cell. The pass skips cells by a bound, so it must agree with them.
         let (y, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
         let w = residuals(&y, &x, &u);
@@ -1379,15 +1389,15 @@ mod tests {
         // One basis (column) of X with largest entry 0.5.
         let before = Dense { rows: 3, cols: 1, data: vec![0.5, 1e-6, EPS] };
         // Nothing moves: a fixed point.
-        assert_eq!(fixed_point_residual(&before, &before, |i| i / 3), 0.0);
+        assert_eq!(fixed_point_residual(&before, &before, true), 0.0);
         // An entry on the floor that grows by 1% counts in full, although
         // its absolute change is 1e-12.
         let growing = Dense { rows: 3, cols: 1, data: vec![0.5, 1e-6, 1.01 * EPS] };
-        assert!((fixed_point_residual(&before, &growing, |i| i / 3) - 0.01).abs() < 1e-9);
+        assert!((fixed_point_residual(&before, &growing, true) - 0.01).abs() < 1e-9);
         // A small entry that sinks by 1% counts relative to the basis's
         // largest entry: 1e-8 / 0.5.
         let sinking = Dense { rows: 3, cols: 1, data: vec![0.5, 0.99e-6, EPS] };
-        assert!((fixed_point_residual(&before, &sinking, |i| i / 3) - 2e-8).abs() < 1e-15);
+        assert!((fixed_point_residual(&before, &sinking, true) - 2e-8).abs() < 1e-15);
     }
 
     #[test]

@@ -106,7 +106,7 @@ const JACOBI_MAX_SIZE: usize = 16;
 
 /// Eigenvalues of a symmetric matrix, in nondecreasing order.
 ///
-/// The fit asks for the eigenvalues of X'X every iteration. Up to
+/// The fit needs the eigenvalues of X'X every iteration. Up to
 /// `JACOBI_MAX_SIZE` rows, cyclic Jacobi rotations cost a small fraction of
 /// a library eigensolver's set-up and are as accurate; faer does larger
 /// matrices.
