@@ -6,9 +6,11 @@ use std::borrow::Cow;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
-use crate::dense::{
-    column_chunks, cross_product, dot, gemm, outer_product_sum, product, safe_divide, sum_of_squares, Dense,
+use crate::columns::{
+    add_block_cross_product, add_scaled, add_scaled_positive, for_row_blocks, lane_dot, mirror_upper, positive_sum,
+    scale_in_place, set_sum, tall_cross_product, tall_product, transpose_into, transposed,
 };
+use crate::dense::{column_chunks, cross_product, dot, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
 use crate::error::{check_shape, NmfreError, Result};
 use crate::init::nndsvdar;
@@ -266,34 +268,123 @@ pub(crate) struct State {
 
 /// Buffers reused across iterations, so that an iteration allocates only
 /// Q x Q and Q x K temporaries.
+///
+/// The N x Q matrices hold one basis per column (the transposes of the Q x
+/// N matrices of MODEL.md), so that the kernels of [`crate::columns`] run
+/// along the units.
 struct Workspace {
-    /// X'Y for the current X (Q x N).
-    xty: Dense,
-    /// Theta A for the current Theta (Q x N).
+    /// Y'X for the current X (N x Q).
+    ytx: Dense,
+    /// A'Theta' for the current Theta (N x Q).
     fixed: Dense,
-    /// Positive part of Theta A + U in the X-step, then X'max(W, 0) (or
-    /// X'W for a sign-free Theta) in the Theta-step (Q x N).
-    scratch: Dense,
+    /// Scores B = max(Theta A + U, 0) in the X-step, Theta A + U for the
+    /// residual sum of squares (N x Q).
+    scores: Dense,
+    /// A' (N x K).
+    a_t: Dense,
+    /// Y A' (P x K), for X'(Y - X U) A' without a pass over Y.
+    ya: Dense,
+    /// Upper bound on the entries of X u_n, unit by unit (N).
+    bound: Vec<f64>,
+    /// Row means of Y (P) and of A (K), for the centring of U.
+    y_mean: Vec<f64>,
+    a_mean: Vec<f64>,
     gram: Dense,
     ybt: Dense,
     bbt: Dense,
     x_denominator: Dense,
     aat: Dense,
+    /// Theta' (K x Q).
+    theta_t: Dense,
+    /// U A' (Q x K).
+    ua: Dense,
+    /// X'(max(max(Y, 0) - X U, 0) - (Y - X U)) A' (Q x K).
+    correction: Dense,
+    /// X'(Y - X U) A' plus `correction` (Q x K).
+    numerator: Dense,
+    theta_denominator: Dense,
+    /// X' (Q x P) and the largest entry of each row of X, for the checks of
+    /// the positive part.
+    x_rows: Dense,
+    row_max: Vec<f64>,
+    /// One set per thread of [`project_data`].
+    pass: Vec<PassBuffers>,
+    solve: RidgeSolve,
+    /// P x Q and Q x Q temporaries of [`gram_route_product`].
+    route_buffers: [Dense; 3],
+    route_complement: Dense,
+    /// Q x K and Q x Q temporaries of the Theta-step and the residual sum
+    /// of squares.
+    gram_ua: Dense,
+    gram_theta: Dense,
+    scores_outer: Dense,
+}
+
+/// Buffers of one thread's share of [`project_data`].
+struct PassBuffers {
+    /// X'Y for a block of units (Q x block).
+    xty: Vec<f64>,
+    /// This share's part of `Workspace::correction` (Q x K).
+    correction: Dense,
+    u_column: Vec<f64>,
+    projected: Vec<f64>,
+}
+
+impl PassBuffers {
+    fn new(q: usize, k: usize, block: usize) -> Self {
+        PassBuffers { xty: vec![0.0; q * block], correction: Dense::zeros(q, k), u_column: vec![0.0; q], projected: vec![0.0; q] }
+    }
 }
 
 impl Workspace {
-    fn new(p: usize, n: usize, q: usize, k: usize) -> Self {
+    fn new(data: &Data<'_>, q: usize) -> Self {
+        let (p, n, k) = (data.p, data.n, data.k);
+        let a = data.a_dense();
+        let mut ya = Dense::zeros(p, k);
+        matmul(ya.as_mut(), Accum::Replace, data.y_ref(), a.as_ref().transpose(), 1.0, Par::Seq);
+        let mut aat = Dense::zeros(k, k);
+        outer_product_sum(&a, &a, &mut aat);
         Workspace {
-            xty: Dense::zeros(q, n),
-            fixed: Dense::zeros(q, n),
-            scratch: Dense::zeros(q, n),
+            ytx: Dense::zeros(n, q),
+            fixed: Dense::zeros(n, q),
+            scores: Dense::zeros(n, q),
+            a_t: transposed(&a),
+            ya,
+            bound: vec![0.0; n],
+            y_mean: row_means(data.y, p),
+            a_mean: row_means(data.a, k),
             gram: Dense::zeros(q, q),
             ybt: Dense::zeros(p, q),
             bbt: Dense::zeros(q, q),
             x_denominator: Dense::zeros(p, q),
-            aat: Dense::zeros(k, k),
+            aat,
+            theta_t: Dense::zeros(k, q),
+            ua: Dense::zeros(q, k),
+            correction: Dense::zeros(q, k),
+            numerator: Dense::zeros(q, k),
+            theta_denominator: Dense::zeros(q, k),
+            x_rows: Dense::zeros(q, p),
+            row_max: vec![0.0; p],
+            pass: Vec::new(),
+            solve: RidgeSolve::new(q),
+            route_buffers: [Dense::zeros(p, q), Dense::zeros(p, q), Dense::zeros(p, q)],
+            route_complement: Dense::zeros(q, q),
+            gram_ua: Dense::zeros(q, k),
+            gram_theta: Dense::zeros(q, k),
+            scores_outer: Dense::zeros(q, q),
         }
     }
+}
+
+/// Returns the row means of a column-major matrix with `rows` rows.
+fn row_means(values: &[f64], rows: usize) -> Vec<f64> {
+    let mut sums = vec![0.0; rows];
+    for column in values.chunks_exact(rows.max(1)) {
+        sums.iter_mut().zip(column).for_each(|(s, v)| *s += v);
+    }
+    let columns = (values.len() / rows.max(1)).max(1) as f64;
+    sums.iter_mut().for_each(|s| *s /= columns);
+    sums
 }
 
 fn par_for(threads: usize) -> Par {
@@ -393,23 +484,24 @@ pub(crate) fn initial_state(data: &Data<'_>, y_positive: &[f64], options: &FitOp
     Ok(State { x, theta, u, sigma2: options.sigma2_start, tau2: options.tau2_start })
 }
 
-/// Runs `body` on contiguous column ranges, in parallel when the work is large,
-/// and returns the per-range results in order so that reductions are
-/// deterministic for a given thread count.
-fn for_column_ranges<T: Send>(
-    columns: usize,
-    threads: usize,
-    work_per_column: usize,
-    body: impl Fn(std::ops::Range<usize>) -> T + Sync,
+/// Runs `body` on contiguous column ranges, each with its own input from
+/// `inputs` (one per range of `ranges`), in parallel when there are several
+/// ranges, and returns the per-range results in order so that reductions
+/// are deterministic for a given thread count.
+fn for_ranges_with<S: Send, T: Send>(
+    ranges: Vec<std::ops::Range<usize>>,
+    inputs: Vec<S>,
+    body: impl Fn(std::ops::Range<usize>, S) -> T + Sync,
 ) -> Vec<T> {
-    let ranges = column_chunks(columns, threads, work_per_column);
     if ranges.len() <= 1 {
-        return ranges.into_iter().map(&body).collect();
+        return ranges.into_iter().zip(inputs).map(|(range, input)| body(range, input)).collect();
     }
     std::thread::scope(|scope| {
         let body = &body;
-        let handles: Vec<_> = ranges[1..].iter().cloned().map(|range| scope.spawn(move || body(range))).collect();
-        let mut results = vec![body(ranges[0].clone())];
+        let mut pairs = ranges.into_iter().zip(inputs);
+        let first = pairs.next();
+        let handles: Vec<_> = pairs.map(|(range, input)| scope.spawn(move || body(range, input))).collect();
+        let mut results: Vec<T> = first.into_iter().map(|(range, input)| body(range, input)).collect();
         for handle in handles {
             match handle.join() {
                 Ok(value) => results.push(value),
@@ -420,20 +512,33 @@ fn for_column_ranges<T: Send>(
     })
 }
 
-/// Sets `out = Y B'` (P x Q) for `y` (P x N) and the scores B (Q x N).
+/// Runs `body` on contiguous column ranges, in parallel when the work is
+/// large, and returns the per-range results in order.
+fn for_column_ranges<T: Send>(
+    columns: usize,
+    threads: usize,
+    work_per_column: usize,
+    body: impl Fn(std::ops::Range<usize>) -> T + Sync,
+) -> Vec<T> {
+    let ranges = column_chunks(columns, threads, work_per_column);
+    let inputs = vec![(); ranges.len()];
+    for_ranges_with(ranges, inputs, |range, ()| body(range))
+}
+
+/// Sets `out = Y B'` (P x Q) for `y` (P x N) and the scores `scores_t` = B'
+/// (N x Q).
 ///
 /// The product is small and its inner dimension N is large, which faer
 /// does not split across threads. Here each thread takes a range of
 /// columns, and the partial products are added in order, so the result is
 /// the same for a given thread count.
-fn product_with_scores(y: &[f64], scores: &Dense, out: &mut Dense, threads: usize) {
+fn product_with_scores(y: &[f64], scores_t: &Dense, out: &mut Dense, threads: usize) {
     let (p, q) = (out.rows, out.cols);
-    let partials = for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
+    let partials = for_column_ranges(scores_t.rows, threads, 2 * p * q, |columns| {
         let mut partial = Dense::zeros(p, q);
         let y_range = MatRef::from_column_major_slice(&y[columns.start * p..columns.end * p], p, columns.len());
-        let scores_values = &scores.data[columns.start * q..columns.end * q];
-        let scores_range = MatRef::from_column_major_slice(scores_values, q, columns.len());
-        matmul(partial.as_mut(), Accum::Replace, y_range, scores_range.transpose(), 1.0, Par::Seq);
+        let scores_range = scores_t.as_ref().subrows(columns.start, columns.len());
+        matmul(partial.as_mut(), Accum::Replace, y_range, scores_range, 1.0, Par::Seq);
         partial
     });
     out.data.iter_mut().for_each(|v| *v = 0.0);
@@ -442,9 +547,10 @@ fn product_with_scores(y: &[f64], scores: &Dense, out: &mut Dense, threads: usiz
     }
 }
 
-/// Sets `fixed = Theta A`.
-fn fixed_scores(theta: &Dense, a: &Dense, fixed: &mut Dense, par: Par) {
-    gemm(fixed, theta, false, a, false, 1.0, false, par);
+/// Sets `work.fixed = A'Theta'` (N x Q), the fixed part of the scores.
+fn fixed_scores(theta: &Dense, work: &mut Workspace) {
+    transpose_into(theta, &mut work.theta_t);
+    tall_product(&mut work.fixed, &[(&work.a_t, &work.theta_t)], None);
 }
 
 /// Number of columns of Y processed at a time in the fused passes, chosen so
@@ -453,61 +559,243 @@ fn block_columns(p: usize) -> usize {
     (32_768 / p.max(1)).clamp(16, 512)
 }
 
-/// Sets `work.xty = X'Y` and, when `positive_part` is set, `work.scratch =
-/// X' (max(max(Y, 0) - X U, 0) - (Y - X U))`, the correction that turns
-/// X'(Y - X U) into X' max(W, 0) for the non-negative Theta-step; otherwise
-/// `work.scratch` = 0.
+/// Fixed products of max(Y, 0) that give the X-step's numerator max(Y, 0) B'
+/// without a pass over Y, while few scores are negative.
+///
+/// With U = (Y'X M^-1 - A'Theta' X'X M^-1 - 1 m')' (m the row means that the
+/// U-step removes, M symmetric), max(Y, 0) (Theta A + U)' is
+/// `G X M^-1 + Y+A' Theta' (I - X'X M^-1) - (Y+ 1) m'` with G = max(Y, 0) Y'.
+/// The scores' positive part then subtracts `max(Y, 0)_n s` for each
+/// negative score s of unit n.
+struct GramRoute {
+    /// max(Y, 0) Y' (P x P).
+    g: Dense,
+    /// max(Y, 0) A' (P x K).
+    ypa: Dense,
+    /// Row sums of max(Y, 0) (P x 1).
+    ypsum: Dense,
+}
+
+impl GramRoute {
+    /// Returns the route when it pays: G costs P^2 N once, and saves P N Q
+    /// per iteration for P^2 Q, so it is formed when P <= 100 Q (it pays
+    /// within about fifty iterations) and takes at most a quarter of Y's
+    /// memory.
+    fn for_data(data: &Data<'_>, y_positive: &[f64], q: usize, a: &Dense, threads: usize) -> Option<Self> {
+        let (p, n) = (data.p, data.n);
+        if p > 100 * q || 4 * p > n {
+            return None;
+        }
+        let y_pos = MatRef::from_column_major_slice(y_positive, p, n);
+        let mut g = Dense::zeros(p, p);
+        matmul(g.as_mut(), Accum::Replace, y_pos, data.y_ref().transpose(), 1.0, par_for(threads));
+        let mut ypa = Dense::zeros(p, data.k);
+        matmul(ypa.as_mut(), Accum::Replace, y_pos, a.as_ref().transpose(), 1.0, Par::Seq);
+        let ypsum = Dense::from_vec(p, 1, y_positive.chunks_exact(p).fold(vec![0.0; p], |mut sum, column| {
+            sum.iter_mut().zip(column).for_each(|(s, v)| *s += v);
+            sum
+        }));
+        Some(GramRoute { g, ypa, ypsum })
+    }
+}
+
+/// Most negative scores for which the Gram route corrects unit by unit
+/// instead of reading Y: a share of the N Q scores.
+const GRAM_ROUTE_MAX_NEGATIVE_SHARE: f64 = 0.125;
+
+/// The U-step's solve, kept for the Gram route of the X-step.
+struct RidgeSolve {
+    /// M = X'X + lambda I.
+    ridge: Dense,
+    inverse: Dense,
+    /// M^-1 X'X.
+    inverse_gram: Dense,
+    /// M^-1, transposed for the N x Q layout.
+    inverse_t: Dense,
+    /// -(M^-1 X'X)' (Q x Q).
+    inverse_gram_t: Dense,
+    /// Row means of U removed by the centring (1 x Q), and their negatives.
+    means: Dense,
+    offsets: Vec<f64>,
+}
+
+impl RidgeSolve {
+    fn new(q: usize) -> Self {
+        RidgeSolve {
+            ridge: Dense::zeros(q, q),
+            inverse: Dense::zeros(q, q),
+            inverse_gram: Dense::zeros(q, q),
+            inverse_t: Dense::zeros(q, q),
+            inverse_gram_t: Dense::zeros(q, q),
+            means: Dense::zeros(1, q),
+            offsets: vec![0.0; q],
+        }
+    }
+}
+
+/// Sets `work.ybt = max(Y, 0) B'` from the Gram route (see [`GramRoute`]),
+/// for the scores B = max(Theta A + U, 0) of `work.scores`, which
+/// [`positive_scores`] set with `negative` negative entries. X and Theta are
+/// those of the U-step that left `work.solve`. Returns false, leaving
+/// `work.ybt` unset, when there are too many negative scores.
+fn gram_route_product(
+    route: &GramRoute,
+    y_positive: &[f64],
+    x: &Dense,
+    u_t: &Dense,
+    negative: usize,
+    work: &mut Workspace,
+) -> bool {
+    let (p, n, q) = (x.rows, u_t.rows, x.cols);
+    if negative as f64 > GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64 {
+        return false;
+    }
+    let solve = &work.solve;
+    let [gx, ypa_theta, fixed_part] = &mut work.route_buffers;
+    // G X M^-1.
+    product(&route.g, x, gx);
+    product(gx, &solve.inverse_t, &mut work.ybt);
+    // + Y+A' Theta' (I - (M^-1 X'X)').
+    let complement = &mut work.route_complement;
+    for (i, (value, negated)) in complement.data.iter_mut().zip(&solve.inverse_gram_t.data).enumerate() {
+        *value = if i % (q + 1) == 0 { 1.0 } else { 0.0 } + negated;
+    }
+    product(&route.ypa, &work.theta_t, ypa_theta);
+    product(ypa_theta, complement, fixed_part);
+    // - (Y+ 1) m'.
+    for qq in 0..q {
+        let mean = solve.means.data[qq];
+        let column = &mut work.ybt.data[qq * p..(qq + 1) * p];
+        for ((o, f), s) in column.iter_mut().zip(fixed_part.col(qq)).zip(&route.ypsum.data) {
+            *o += f - s * mean;
+        }
+    }
+    // - max(Y, 0)_n s for every negative score s.
+    if negative > 0 {
+        for qq in 0..q {
+            let column = &mut work.ybt.data[qq * p..(qq + 1) * p];
+            let (fixed, u) = (&work.fixed.data[qq * n..(qq + 1) * n], &u_t.data[qq * n..(qq + 1) * n]);
+            for (unit, (f, v)) in fixed.iter().zip(u).enumerate() {
+                let score = f + v;
+                if score < 0.0 {
+                    add_scaled(column, &y_positive[unit * p..(unit + 1) * p], -score);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Sets `work.scores = max(A'Theta' + U', 0)` and `work.bbt` = B B' for
+/// these scores B, a block of units at a time, and returns how many scores
+/// are negative.
+fn positive_scores(u_t: &Dense, work: &mut Workspace) -> usize {
+    let n = u_t.rows;
+    let mut negative = 0;
+    work.bbt.data.iter_mut().for_each(|v| *v = 0.0);
+    for_row_blocks(n, |rows| {
+        for qq in 0..u_t.cols {
+            let block = qq * n + rows.start..qq * n + rows.end;
+            let (fixed, u) = (&work.fixed.data[block.clone()], &u_t.data[block.clone()]);
+            negative += positive_sum(&mut work.scores.data[block], fixed, u);
+        }
+        add_block_cross_product(&mut work.bbt, &work.scores, &work.scores, rows, true);
+    });
+    mirror_upper(&mut work.bbt);
+    negative
+}
+
+/// Sets `work.ytx = Y'X` and, when `positive_part` is set, `work.correction
+/// = X' (max(max(Y, 0) - X U, 0) - (Y - X U)) A'`, the correction that turns
+/// X'(Y - X U) A' into X' max(W, 0) A' for the non-negative Theta-step;
+/// otherwise `work.correction` = 0.
 ///
 /// Y is read once, a cache-sized block of columns at a time: the product
-/// X'Y, then [`correct_column`] on each column while the block is in cache.
+/// Y'X, then [`correct_column`] on each column while the block is in cache.
 /// A column is skipped when its smallest entry is at least
 /// `sum_q max_p X[p, q] max(U[q, n], 0)`, a bound on every entry of X u_n.
+#[allow(clippy::too_many_arguments)]
 fn project_data(
     y: &[f64],
     summary: &DataSummary,
     x: &Dense,
-    u: &Dense,
+    u_t: &Dense,
+    a: &Dense,
     positive_part: bool,
     work: &mut Workspace,
     threads: usize,
 ) {
-    let (p, q) = (x.rows, x.cols);
+    let (p, q, n, k) = (x.rows, x.cols, u_t.rows, a.rows);
     let block = block_columns(p);
-    let chunks = p.div_ceil(CHUNK_ROWS);
     let x_ref = x.as_ref();
-    let x_rows = transposed(x);
+    transpose_into(x, &mut work.x_rows);
     let largest = |values: &[f64]| values.iter().fold(0.0, |high: f64, &v| high.max(v));
-    let row_max: Vec<f64> = x_rows.data.chunks_exact(q).map(largest).collect();
-    let chunk_row_max: Vec<f64> = row_max.chunks(CHUNK_ROWS).map(largest).collect();
-    let column_max: Vec<f64> = x.data.chunks_exact(p).map(largest).collect();
-    let bounds = Bounds { x_rows: &x_rows.data, row_max: &row_max, chunk_row_max: &chunk_row_max };
-    for_column_pairs_mut(&mut work.xty.data, &mut work.scratch.data, q, threads, 2 * p * q, |columns, xty, correction| {
+    for (maximum, row) in work.row_max.iter_mut().zip(work.x_rows.data.chunks_exact(q)) {
+        *maximum = largest(row);
+    }
+    if positive_part {
+        work.bound.iter_mut().for_each(|v| *v = 0.0);
+        for (qq, column) in x.data.chunks_exact(p).enumerate() {
+            add_scaled_positive(&mut work.bound, &u_t.data[qq * n..(qq + 1) * n], largest(column));
+        }
+    }
+    let bounds = Bounds { x_rows: &work.x_rows.data, row_max: &work.row_max };
+    let bound = &work.bound;
+
+    // Each range of units gets its rows of every column of Y'X, and its
+    // own buffers.
+    let ranges = column_chunks(n, threads, 2 * p * q);
+    if work.pass.len() < ranges.len() {
+        work.pass.resize_with(ranges.len(), || PassBuffers::new(q, k, block));
+    }
+    let mut inputs: Vec<(Vec<&mut [f64]>, &mut PassBuffers)> =
+        work.pass.iter_mut().take(ranges.len()).map(|buffers| (Vec::with_capacity(q), buffers)).collect();
+    for column in work.ytx.data.chunks_exact_mut(n) {
+        let mut rest = column;
+        for (range, (outputs, _)) in ranges.iter().zip(inputs.iter_mut()) {
+            let (head, tail) = rest.split_at_mut(range.len());
+            outputs.push(head);
+            rest = tail;
+        }
+    }
+    for_ranges_with(ranges, inputs, |columns, (mut outputs, buffers)| {
+        let PassBuffers { xty, correction, u_column, projected } = buffers;
+        correction.data.iter_mut().for_each(|v| *v = 0.0);
         let mut start = columns.start;
         while start < columns.end {
-            let end = (start + block).min(columns.end);
-            let (local, local_end) = (start - columns.start, end - columns.start);
-            let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, end - start);
-            let xty_values = &mut xty[local * q..local_end * q];
-            let xty_block = faer::MatMut::from_column_major_slice_mut(xty_values, q, end - start);
+            let (end, local) = ((start + block).min(columns.end), start - columns.start);
+            let width = end - start;
+            // X'Y for a block of columns, Q x block: faer runs this shape at
+            // full speed, while Y'X would make it copy Y's block first.
+            let y_block = MatRef::from_column_major_slice(&y[start * p..end * p], p, width);
+            let xty_block = faer::MatMut::from_column_major_slice_mut(&mut xty[..q * width], q, width);
             matmul(xty_block, Accum::Replace, x_ref.transpose(), y_block, 1.0, Par::Seq);
-            let block_correction = &mut correction[local * q..local_end * q];
-            block_correction.iter_mut().for_each(|v| *v = 0.0);
-            let block_columns = y[start * p..end * p]
-                .chunks_exact(p)
-                .zip(u.data[start * q..end * q].chunks_exact(q))
-                .zip(&summary.column_min[start..end])
-                .zip(summary.chunk_min[start * chunks..end * chunks].chunks_exact(chunks))
-                .zip(block_correction.chunks_exact_mut(q))
-                .filter(|_| positive_part);
-            for ((((y_column, u_column), &smallest), chunk_min), out) in block_columns {
-                let bound: f64 = u_column.iter().zip(&column_max).map(|(&u, m)| positive(u) * m).sum();
-                if smallest < bound {
-                    correct_column(y_column, chunk_min, u_column, &bounds, out);
+            for (qq, output) in outputs.iter_mut().enumerate() {
+                let values = xty[qq..q * width].iter().step_by(q);
+                output[local..local + width].iter_mut().zip(values).for_each(|(o, v)| *o = *v);
+            }
+            for column in (start..end).filter(|&column| positive_part && summary.column_min[column] < bound[column]) {
+                for (qq, value) in u_column.iter_mut().enumerate() {
+                    *value = u_t.data[qq * n + column];
+                }
+                projected.iter_mut().for_each(|v| *v = 0.0);
+                let y_column = &y[column * p..(column + 1) * p];
+                let rows = summary.smallest_rows(column);
+                correct_column(y_column, rows, bound[column], u_column, &bounds, projected);
+                for (kk, &covariate) in a.col(column).iter().enumerate() {
+                    let out = &mut correction.data[kk * q..(kk + 1) * q];
+                    out.iter_mut().zip(projected.iter()).for_each(|(o, v)| *o += v * covariate);
                 }
             }
             start = end;
         }
     });
+    let used = column_chunks(n, threads, 2 * p * q).len();
+    let corrections = work.pass.iter().take(used).map(|buffers| &buffers.correction);
+    work.correction.data.iter_mut().for_each(|v| *v = 0.0);
+    for correction in corrections {
+        work.correction.data.iter_mut().zip(&correction.data).for_each(|(o, v)| *o += v);
+    }
 }
 
 /// Per-iteration facts about X for [`correct_column`].
@@ -516,45 +804,51 @@ struct Bounds<'a> {
     x_rows: &'a [f64],
     /// Largest entry of each row of X.
     row_max: &'a [f64],
-    /// Largest entry of X within each chunk of `CHUNK_ROWS` rows.
-    chunk_row_max: &'a [f64],
 }
 
 /// Adds `X' delta` to `out` for one column y of Y and its random effects u,
-/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`. `chunk_min`
-/// contains the lower bounds of y's chunks from [`DataSummary`].
+/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`. `smallest_rows`
+/// lists the rows of y's smallest entries in ascending order (from
+/// [`DataSummary`]) and `bound` bounds every entry of X u from above.
 ///
-/// delta is zero in a cell where y is non-negative and at least (X u)_p.
-/// Since (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0), only cells below
-/// that bound (which include every negative cell) need (X u)_p at all, and
-/// a chunk of rows whose smallest entry is at least the largest bound in
-/// the chunk needs none. On data with few cells near zero that is a small
-/// share, so the Theta-step costs about one product X'Y instead of two
+/// delta is zero in a cell where y is non-negative and at least (X u)_p,
+/// so only cells below `bound` (which include every negative cell) need
+/// (X u)_p at all. The listed rows are visited in ascending order until one
+/// reaches the bound. On data with few cells near zero that takes one or
+/// two cells, so the Theta-step costs about one product X'Y instead of two
 /// (forming X U, then X'(Y - X U)).
 ///
-/// Limitation: the check goes cell by cell through the flagged chunks. On
-/// data with many zeros or small values spread over most columns (sparse
-/// counts, for example) it can cost several times a product, so such fits
-/// take longer per iteration than forming W for the whole block would.
-fn correct_column(y: &[f64], chunk_min: &[f32], u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
+/// Limitation: when every listed row is below the bound, the whole column
+/// is checked cell by cell. On data with many zeros or small values in most
+/// columns (sparse counts, for example) that can cost several times a
+/// product, so such fits take longer per iteration.
+fn correct_column(y: &[f64], smallest_rows: &[u32], bound: f64, u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
     let q = u.len();
     let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
-    let chunks = y.chunks(CHUNK_ROWS).zip(chunk_min).zip(bounds.chunk_row_max).enumerate();
-    for (chunk, ((values, &smallest), &largest_x)) in chunks {
-        if f64::from(smallest) >= largest_x * positive_sum {
-            continue;
+    let correct_cell = |row: usize, value: f64, out: &mut [f64]| {
+        let x_row = &bounds.x_rows[row * q..(row + 1) * q];
+        let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
+        let delta = positive(positive(value) - fitted) - (value - fitted);
+        out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
+    };
+    for &row in smallest_rows {
+        let value = y[row as usize];
+        if value >= bound {
+            // Every row not yet visited is at least as large.
+            return;
         }
-        let first_row = chunk * CHUNK_ROWS;
-        for (row, (&value, &maximum)) in (first_row..).zip(values.iter().zip(&bounds.row_max[first_row..])) {
-            if value >= maximum * positive_sum {
-                continue;
-            }
-            let x_row = &bounds.x_rows[row * q..(row + 1) * q];
-            let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
-            let delta = positive(positive(value) - fitted) - (value - fitted);
-            if delta != 0.0 {
-                out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
-            }
+        correct_cell(row as usize, value, out);
+    }
+    if smallest_rows.len() == y.len() {
+        return;
+    }
+    // Rows beyond the list may be below the bound too: start over on the
+    // whole column.
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for (row, &value) in y.iter().enumerate() {
+        // (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0).
+        if value < bound && value < bounds.row_max[row] * positive_sum {
+            correct_cell(row, value, out);
         }
     }
 }
@@ -570,51 +864,42 @@ fn positive(value: f64) -> f64 {
     }
 }
 
-/// Returns the transpose of `matrix`.
-fn transposed(matrix: &Dense) -> Dense {
-    let mut out = Dense::zeros(matrix.cols, matrix.rows);
-    for j in 0..matrix.cols {
-        for (i, &value) in matrix.col(j).iter().enumerate() {
-            out.data[j + out.rows * i] = value;
-        }
-    }
-    out
-}
-
-/// Rows of a column of Y per chunk in the tests of [`correct_column`].
-const CHUNK_ROWS: usize = 8;
-
 /// Facts about Y that every iteration uses, gathered once per fit.
 struct DataSummary {
     /// ||Y||^2, for the residual sum of squares without a pass over Y.
     squared_norm: f64,
     /// Smallest entry of each column of Y.
     column_min: Vec<f64>,
-    /// Lower bound on the entries of each chunk of `CHUNK_ROWS` rows of
-    /// each column, column by column: the chunk's smallest entry rounded
-    /// down to single precision, so that it takes a sixteenth of Y's size.
-    chunk_min: Vec<f32>,
+    /// Rows of the `listed` smallest entries of each column, in ascending
+    /// order of value, column by column.
+    smallest_rows: Vec<u32>,
+    /// Rows listed per column: P / 8, at least 8 (or P), so that the list
+    /// takes at most a sixteenth of Y's memory.
+    listed: usize,
 }
 
 impl DataSummary {
     fn new(y: &[f64], p: usize) -> Self {
         let smallest = |values: &[f64]| values.iter().fold(f64::INFINITY, |low, &v| low.min(v));
         let column_min = y.chunks_exact(p).map(smallest).collect();
-        let chunk_min = y
-            .chunks_exact(p)
-            .flat_map(|column| column.chunks(CHUNK_ROWS).map(|chunk| round_down_to_single(smallest(chunk))))
-            .collect();
-        DataSummary { squared_norm: sum_of_squares(y), column_min, chunk_min }
+        let listed = (p / 8).max(8).min(p);
+        let mut smallest_rows = Vec::with_capacity(listed * y.len() / p.max(1));
+        let mut rows: Vec<u32> = Vec::with_capacity(p);
+        for column in y.chunks_exact(p) {
+            rows.clear();
+            rows.extend(0..p as u32);
+            let by_value = |i: &u32, j: &u32| column[*i as usize].total_cmp(&column[*j as usize]);
+            if listed < p {
+                rows.select_nth_unstable_by(listed - 1, by_value);
+            }
+            rows[..listed].sort_unstable_by(by_value);
+            smallest_rows.extend_from_slice(&rows[..listed]);
+        }
+        DataSummary { squared_norm: sum_of_squares(y), column_min, smallest_rows, listed }
     }
-}
 
-/// Returns the largest single-precision value not above `value`.
-fn round_down_to_single(value: f64) -> f32 {
-    let rounded = value as f32;
-    if f64::from(rounded) > value {
-        rounded.next_down()
-    } else {
-        rounded
+    fn smallest_rows(&self, column: usize) -> &[u32] {
+        &self.smallest_rows[column * self.listed..(column + 1) * self.listed]
     }
 }
 
@@ -622,9 +907,9 @@ fn round_down_to_single(value: f64) -> f32 {
 /// a pass over Y instead of from the Gram identity.
 const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
 
-/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.xty`
-/// = X'Y, `work.gram` = X'X and `work.fixed` = Theta A for the same X and
-/// Theta, and `y_squared_norm` = ||Y||^2; sets `work.scratch` to B.
+/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.ytx`
+/// = Y'X, `work.gram` = X'X and `work.fixed` = A'Theta' for the same X and
+/// Theta, and `y_squared_norm` = ||Y||^2; sets `work.scores` to B'.
 ///
 /// The Gram identity ||Y||^2 - 2 <X'Y, B> + <X'X, B B'> needs no pass over
 /// Y, but subtracts terms of size ||Y||^2 and so loses about log10(||Y||^2
@@ -635,31 +920,37 @@ fn residual_sum_of_squares(
     y: &[f64],
     y_squared_norm: f64,
     x: &Dense,
-    u: &Dense,
+    u_t: &Dense,
     work: &mut Workspace,
     threads: usize,
 ) -> f64 {
-    let q = x.cols;
-    for ((s, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&u.data) {
-        *s = f + u;
-    }
-    let mut scores_outer = Dense::zeros(q, q);
-    gemm(&mut scores_outer, &work.scratch, false, &work.scratch, true, 1.0, false, Par::Seq);
-    let cross = dot(&work.xty.data, &work.scratch.data);
-    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &scores_outer.data);
+    let n = u_t.rows;
+    let mut cross = 0.0;
+    work.scores_outer.data.iter_mut().for_each(|v| *v = 0.0);
+    for_row_blocks(n, |rows| {
+        for qq in 0..u_t.cols {
+            let block = qq * n + rows.start..qq * n + rows.end;
+            let (fixed, u) = (&work.fixed.data[block.clone()], &u_t.data[block.clone()]);
+            set_sum(&mut work.scores.data[block.clone()], fixed, u);
+            cross += lane_dot(&work.ytx.data[block.clone()], &work.scores.data[block]);
+        }
+        add_block_cross_product(&mut work.scores_outer, &work.scores, &work.scores, rows, true);
+    });
+    mirror_upper(&mut work.scores_outer);
+    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &work.scores_outer.data);
     if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
         return from_gram;
     }
-    residual_sum_of_squares_by_pass(y, x, &work.scratch, threads)
+    residual_sum_of_squares_by_pass(y, x, &work.scores, threads)
 }
 
-/// Returns ||Y - X scores||^2, reading Y once in cache-sized blocks.
-fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores: &Dense, threads: usize) -> f64 {
-
+/// Returns ||Y - X B||^2 for the scores `scores_t` = B' (N x Q), reading Y
+/// once in cache-sized blocks.
+fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores_t: &Dense, threads: usize) -> f64 {
     let (p, q) = (x.rows, x.cols);
     let block = block_columns(p);
     let x_ref = x.as_ref();
-    for_column_ranges(scores.cols, threads, 2 * p * q, |columns| {
+    for_column_ranges(scores_t.rows, threads, 2 * p * q, |columns| {
         let mut r = vec![0.0; p * block];
         let mut sum = 0.0;
         let mut start = columns.start;
@@ -669,7 +960,7 @@ fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores: &Dense, threads
             let r_block = &mut r[..p * width];
             r_block.copy_from_slice(&y[start * p..end * p]);
             let r_mat = faer::MatMut::from_column_major_slice_mut(r_block, p, width);
-            let s_block = MatRef::from_column_major_slice(&scores.data[start * q..end * q], q, width);
+            let s_block = scores_t.as_ref().subrows(start, width).transpose();
             matmul(r_mat, Accum::Add, x_ref, s_block, -1.0, Par::Seq);
             sum += sum_of_squares(r_block);
             start = end;
@@ -678,46 +969,6 @@ fn residual_sum_of_squares_by_pass(y: &[f64], x: &Dense, scores: &Dense, threads
     })
     .into_iter()
     .sum()
-}
-
-/// Splits two column-major buffers with `rows` rows and the same number of
-/// columns into the same contiguous column ranges and runs `body` on each
-/// range and its two slices, in parallel when the work is large.
-fn for_column_pairs_mut(
-    first: &mut [f64],
-    second: &mut [f64],
-    rows: usize,
-    threads: usize,
-    work_per_column: usize,
-    body: impl Fn(std::ops::Range<usize>, &mut [f64], &mut [f64]) + Sync,
-) {
-    let columns = if rows == 0 { 0 } else { first.len() / rows };
-    let ranges = column_chunks(columns, threads, work_per_column);
-    let mut pieces = Vec::with_capacity(ranges.len());
-    let (mut rest_first, mut rest_second) = (first, second);
-    for range in &ranges {
-        let (head_first, tail_first) = rest_first.split_at_mut(range.len() * rows);
-        let (head_second, tail_second) = rest_second.split_at_mut(range.len() * rows);
-        pieces.push((head_first, head_second));
-        rest_first = tail_first;
-        rest_second = tail_second;
-    }
-    if ranges.len() <= 1 {
-        for (range, (a, b)) in ranges.into_iter().zip(pieces) {
-            body(range, a, b);
-        }
-        return;
-    }
-    std::thread::scope(|scope| {
-        let body = &body;
-        let handles: Vec<_> =
-            ranges.into_iter().zip(pieces).map(|(range, (a, b))| scope.spawn(move || body(range, a, b))).collect();
-        for handle in handles {
-            if let Err(payload) = handle.join() {
-                std::panic::resume_unwind(payload);
-            }
-        }
-    });
 }
 
 /// Record of when the cap raised lambda.
@@ -785,22 +1036,19 @@ pub(crate) fn fit_from(
     mut state: State,
     interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Fit> {
-    let (p, n, k, q) = (data.p, data.n, data.k, options.rank);
+    let (p, n, q) = (data.p, data.n, options.rank);
     let threads = options.threads.max(1);
-    // The passes over Y split their columns across `threads` scoped
-    // threads. The small products (Q x Q or Q x K by Q x N) stay on one
-    // thread: faer's pool threads keep spinning after a product and on a
-    // machine with few cores slow those passes down more than they gain.
-    let par = Par::Seq;
     let y_positive = data.y_positive();
     let a = data.a_dense();
     let cap = options.cap.ceiling(n, q);
 
     let summary = DataSummary::new(data.y, p);
-    let mut work = Workspace::new(p, n, q, k);
-    outer_product_sum(&a, &a, &mut work.aat);
-    fixed_scores(&state.theta, &a, &mut work.fixed, par);
-    matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
+    let mut work = Workspace::new(data, q);
+    let gram_route = GramRoute::for_data(data, &y_positive, q, &a, threads);
+    // The loop keeps U as U' (N x Q), like the other N x Q matrices.
+    let mut u_t = transposed(&state.u);
+    fixed_scores(&state.theta, &mut work);
+    project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
 
     let mut record = CapRecord::default();
     let mut objective = Vec::new();
@@ -852,43 +1100,50 @@ pub(crate) fn fit_from(
                 record.last = Some(iteration);
             }
         }
-        update_random_effects(&mut state, &mut work, lambda, par)?;
+        update_random_effects(&state.x, &mut u_t, &mut work, lambda)?;
 
         // X-step: Lee-Seung update against the positive part of the scores.
-        for ((b, f), u) in work.scratch.data.iter_mut().zip(&work.fixed.data).zip(&state.u.data) {
-            *b = positive(f + u);
+        // Its numerator max(Y, 0) B' comes from fixed Gram matrices while
+        // few scores are negative, and from a pass over Y otherwise.
+        let negative = positive_scores(&u_t, &mut work);
+        let from_gram = gram_route.as_ref().is_some_and(|route| {
+            gram_route_product(route, &y_positive, &state.x, &u_t, negative, &mut work)
+        });
+        if !from_gram {
+            product_with_scores(&y_positive, &work.scores, &mut work.ybt, threads);
         }
-        product_with_scores(&y_positive, &work.scratch, &mut work.ybt, threads);
-        gemm(&mut work.bbt, &work.scratch, false, &work.scratch, true, 1.0, false, par);
         product(&state.x, &work.bbt, &mut work.x_denominator);
         for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
             *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
         }
-        normalise(&mut state.x, &mut state.theta, &mut state.u);
+        normalise_transposed(&mut state.x, &mut state.theta, &mut u_t);
 
         // Theta-step against the data with the random effects removed,
         // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
         // one W itself.
-        // X'(Y - X U) = X'Y - X'X U, so Y is read for X'Y only; X'Y also
-        // serves the next U-step and the residual sum of squares.
+        // X'(Y - X U) A' = X'(Y A') - X'X (U A'), so Y is read for Y'X only,
+        // which serves the next U-step and the residual sum of squares; the
+        // positive part is corrected on the few cells where W < 0.
         cross_product(&state.x, &state.x, &mut work.gram);
         let positive_part = options.theta_mode == ThetaMode::NonNegative;
-        project_data(data.y, &summary, &state.x, &state.u, positive_part, &mut work, threads);
-        for (value, xty) in work.scratch.data.iter_mut().zip(&work.xty.data) {
-            *value += xty;
+        project_data(data.y, &summary, &state.x, &u_t, &a, positive_part, &mut work, threads);
+        tall_cross_product(&mut work.ua, &u_t, &work.a_t);
+        cross_product(&state.x, &work.ya, &mut work.numerator);
+        product(&work.gram, &work.ua, &mut work.gram_ua);
+        for ((value, g), c) in work.numerator.data.iter_mut().zip(&work.gram_ua.data).zip(&work.correction.data) {
+            *value += c - g;
         }
-        gemm(&mut work.scratch, &work.gram, false, &state.u, false, -1.0, true, par);
         match options.theta_mode {
             ThetaMode::NonNegative => {
-                let mut numerator = Dense::zeros(q, k);
-                product_transposed(&work.scratch, &a, &mut numerator);
-                let denominator = theta_gradient_part(&work.gram, &state.theta, &work.aat);
-                for ((t, num), den) in state.theta.data.iter_mut().zip(&numerator.data).zip(&denominator.data) {
+                product(&work.gram, &state.theta, &mut work.gram_theta);
+                product(&work.gram_theta, &work.aat, &mut work.theta_denominator);
+                let ratios = work.numerator.data.iter().zip(&work.theta_denominator.data);
+                for (t, (num, den)) in state.theta.data.iter_mut().zip(ratios) {
                     *t = (*t * safe_divide(*num, *den, EPS)).max(EPS);
                 }
             }
             ThetaMode::Free => {
-                state.theta = free_theta(&work.scratch, &a, &work.gram, &work.aat)?;
+                state.theta = free_theta(&work.numerator, &work.gram, &work.aat)?;
             }
         }
 
@@ -899,9 +1154,10 @@ pub(crate) fn fit_from(
             ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
         };
 
-        // Residuals at the new parameters; Theta A also serves the next U-step.
-        fixed_scores(&state.theta, &a, &mut work.fixed, par);
-        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &state.u, &mut work, threads);
+        // Residuals at the new parameters; A'Theta' also serves the next U-step.
+        fixed_scores(&state.theta, &mut work);
+        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &u_t, &mut work, threads);
+        let u_squared_norm = u_t.squared_norm();
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -928,7 +1184,7 @@ pub(crate) fn fit_from(
         }
         if !freeze && cap.is_none() && options.update_tau2 {
             let trace_inverse: f64 = eigenvalues.iter().map(|d| 1.0 / (d.max(0.0) + lambda)).sum();
-            let target = state.u.squared_norm() / (n * q) as f64 + state.sigma2 * trace_inverse / q as f64;
+            let target = u_squared_norm / (n * q) as f64 + state.sigma2 * trace_inverse / q as f64;
             let updated =
                 ((1.0 - damping_tau2) * state.tau2 + damping_tau2 * target).clamp(VARIANCE_MIN, VARIANCE_MAX);
             let change = (updated - state.tau2).abs() / state.tau2;
@@ -937,7 +1193,7 @@ pub(crate) fn fit_from(
         }
         lambda = state.sigma2 / state.tau2;
 
-        let value = rss + lambda * state.u.squared_norm();
+        let value = rss + lambda * u_squared_norm;
         if !value.is_finite() {
             return Err(NmfreError::Numerical(format!(
                 "the objective became non-finite at iteration {iteration}; \
@@ -968,14 +1224,15 @@ pub(crate) fn fit_from(
             if options.extrapolate {
                 let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
                 if moved {
-                    // The next U-step needs X'Y and Theta A for the new X and Theta.
-                    normalise(&mut state.x, &mut state.theta, &mut state.u);
-                    matmul(work.xty.as_mut(), Accum::Replace, state.x.as_ref().transpose(), data.y_ref(), 1.0, par);
-                    fixed_scores(&state.theta, &a, &mut work.fixed, par);
+                    // The next U-step needs Y'X and A'Theta' for the new X and Theta.
+                    normalise_transposed(&mut state.x, &mut state.theta, &mut u_t);
+                    project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
+                    fixed_scores(&state.theta, &mut work);
                 }
             }
         }
     }
+    state.u = transposed(&u_t);
     if paper_iterations == 0 {
         paper_iterations = iterations;
     }
@@ -1075,35 +1332,40 @@ fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
     false
 }
 
-/// Sets U to the ridge solution `(X'X + lambda I)^{-1} X'(Y - X Theta A)`
-/// with one Cholesky factorisation, then centres its rows. Needs
-/// `work.gram` = X'X, `work.xty` = X'Y and `work.fixed` = Theta A for the
-/// current X and Theta.
-fn update_random_effects(state: &mut State, work: &mut Workspace, lambda: f64, par: Par) -> Result<()> {
-    let q = state.x.cols;
-    let mut ridge = work.gram.clone();
+/// Sets U' (`u_t`, N x Q) to the transpose of the ridge solution
+/// `(X'X + lambda I)^{-1} X'(Y - X Theta A)` with one Cholesky
+/// factorisation, then centres U's rows. Needs `work.gram` = X'X,
+/// `work.ytx` = Y'X and `work.fixed` = A'Theta' for the current X and Theta.
+/// Leaves in `work.solve` the pieces that the Gram route of the X-step needs.
+fn update_random_effects(x: &Dense, u_t: &mut Dense, work: &mut Workspace, lambda: f64) -> Result<()> {
+    let q = u_t.cols;
+    let solve = &mut work.solve;
+    solve.ridge.copy_from(&work.gram);
     for i in 0..q {
-        ridge.data[i + q * i] += lambda;
+        solve.ridge.data[i + q * i] += lambda;
     }
-    // With the Q x Q inverse M^-1 of the ridge matrix, U = M^-1 X'Y -
-    // (M^-1 X'X) Theta A: two small products, which cost less than
-    // triangular solves column by column.
-    let inverse = Cholesky::new(&ridge, "X'X + lambda I")?.inverse();
-    let mut inverse_gram = Dense::zeros(q, q);
-    product(&inverse, &work.gram, &mut inverse_gram);
-    gemm(&mut state.u, &inverse, false, &work.xty, false, 1.0, false, par);
-    gemm(&mut state.u, &inverse_gram, false, &work.fixed, false, -1.0, true, par);
-    centre_rows(&mut state.u);
+    // With the Q x Q inverse M^-1 of the ridge matrix, U' = Y'X M^-1' -
+    // A'Theta' (M^-1 X'X)': two products of N x Q by Q x Q matrices, which
+    // cost less than triangular solves unit by unit.
+    Cholesky::new(&solve.ridge, "X'X + lambda I")?.inverse_into(&mut solve.inverse);
+    product(&solve.inverse, &work.gram, &mut solve.inverse_gram);
+    transpose_into(&solve.inverse, &mut solve.inverse_t);
+    transpose_into(&solve.inverse_gram, &mut solve.inverse_gram_t);
+    solve.inverse_gram_t.data.iter_mut().for_each(|v| *v = -*v);
+    // The row means of the raw solution follow from those of Y'X (X'
+    // times Y's row means) and of A'Theta' (Theta times A's row means), so
+    // the centring costs no pass over U.
+    for (qq, mean) in solve.means.data.iter_mut().enumerate() {
+        let from_data: f64 = (0..q).map(|r| dot(x.col(r), &work.y_mean) * solve.inverse_t.get(r, qq)).sum();
+        let from_fixed: f64 = (0..q).map(|r| dot(work.theta_t.col(r), &work.a_mean) * solve.inverse_gram_t.get(r, qq)).sum();
+        *mean = from_data + from_fixed;
+    }
+    for (offset, mean) in solve.offsets.iter_mut().zip(&solve.means.data) {
+        *offset = -mean;
+    }
+    let terms = [(&work.ytx, &solve.inverse_t), (&work.fixed, &solve.inverse_gram_t)];
+    tall_product(u_t, &terms, Some(&solve.offsets));
     Ok(())
-}
-
-/// Returns `gram * theta * aat`, the Theta-dependent part of the gradient.
-fn theta_gradient_part(gram: &Dense, theta: &Dense, aat: &Dense) -> Dense {
-    let mut gram_theta = Dense::zeros(theta.rows, theta.cols);
-    product(gram, theta, &mut gram_theta);
-    let mut out = Dense::zeros(theta.rows, theta.cols);
-    product(&gram_theta, aat, &mut out);
-    out
 }
 
 /// Returns the fixed-point residual of a non-negative block (entries at or
@@ -1157,35 +1419,29 @@ fn largest_row_scaled_change(before: &Dense, after: &Dense) -> f64 {
     largest
 }
 
-/// Centres each row of U to mean 0 across units, so that the random effects
-/// do not absorb an intercept that belongs in Theta.
-fn centre_rows(u: &mut Dense) {
-    let (q, n) = (u.rows, u.cols);
-    // Summing eight columns at a time gives 8 q independent chains of
-    // additions instead of q long ones, which would wait on each other.
-    let width = 8 * q;
-    let mut sums = vec![0.0; width];
-    for group in u.data.chunks(width) {
-        sums.iter_mut().zip(group).for_each(|(sum, value)| *sum += value);
+/// Rescales X to unit column sums and moves the scale into Theta's rows and
+/// the columns of U' (`u_t`), as [`normalise`] does for U.
+fn normalise_transposed(x: &mut Dense, theta: &mut Dense, u_t: &mut Dense) {
+    let (p, n) = (x.rows, u_t.rows);
+    for q in 0..x.cols {
+        let sum: f64 = x.col(q).iter().sum();
+        if !(sum > 0.0 && sum.is_finite()) {
+            continue;
+        }
+        x.data[q * p..(q + 1) * p].iter_mut().for_each(|v| *v /= sum);
+        for k in 0..theta.cols {
+            let value = theta.get(q, k) * sum;
+            theta.set(q, k, value);
+        }
+        scale_in_place(&mut u_t.data[q * n..(q + 1) * n], sum);
     }
-    let means: Vec<f64> = (0..q).map(|row| sums[row..].iter().step_by(q).sum::<f64>() / n as f64).collect();
-    let pattern: Vec<f64> = means.iter().cycle().take(width).copied().collect();
-    for group in u.data.chunks_mut(width) {
-        group.iter_mut().zip(&pattern).for_each(|(value, mean)| *value -= mean);
-    }
-}
-
-/// Computes `out = left * right'` for `left` (q x n) and `right` (k x n).
-fn product_transposed(left: &Dense, right: &Dense, out: &mut Dense) {
-    gemm(out, left, false, right, true, 1.0, false, Par::Seq);
 }
 
 /// Exact least squares `Theta = (X'X)^{-1} X'(Y - XU) A' (AA')^{-1}`, given
-/// `xtw = X'(Y - XU)`.
-fn free_theta(xtw: &Dense, a: &Dense, gram: &Dense, aat: &Dense) -> Result<Dense> {
-    let (q, k) = (xtw.rows, a.rows);
-    let mut middle = Dense::zeros(q, k);
-    product_transposed(xtw, a, &mut middle);
+/// `middle = X'(Y - XU) A'`.
+fn free_theta(middle: &Dense, gram: &Dense, aat: &Dense) -> Result<Dense> {
+    let (q, k) = (middle.rows, middle.cols);
+    let mut middle = middle.clone();
     Cholesky::new(gram, "X'X")?.solve_columns(&mut middle);
     // Right-multiply by (AA')^{-1}: solve AA' Theta' = middle'.
     let mut transposed = Dense::zeros(k, q);
@@ -1235,6 +1491,7 @@ fn order_bases(state: &mut State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dense::gemm;
 
     /// Builds a small non-negative data set from a known rank-2 structure
     /// plus a deterministic perturbation.
@@ -1252,8 +1509,16 @@ mod tests {
         (y, a)
     }
 
-    fn workspace(p: usize, n: usize, q: usize, k: usize) -> Workspace {
-        Workspace::new(p, n, q, k)
+    fn workspace(y: &[f64], p: usize, n: usize, a: &[f64], q: usize) -> Workspace {
+        let data = Data::new(y, p, n, a, a.len() / n).unwrap();
+        Workspace::new(&data, q)
+    }
+
+    /// Returns X'Y as the loop keeps it: Y'X (N x Q).
+    fn y_cross_x(y: &[f64], p: usize, x: &Dense) -> Dense {
+        let mut xty = Dense::zeros(x.cols, y.len() / p);
+        cross_product(x, &Dense::from_vec(p, y.len() / p, y.to_vec()), &mut xty);
+        transposed(&xty)
     }
 
     #[test]
@@ -1263,27 +1528,27 @@ mod tests {
         let a = Dense::from_vec(k, n, a_values);
         let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.1 + (i % 4) as f64 * 0.05).collect());
         let theta = Dense::from_vec(q, k, vec![20.0, 15.0, 1.0, 2.0]);
-        let mut state = State { x, theta, u: Dense::zeros(q, n), sigma2: 1.0, tau2: 1.0 };
-        let mut work = workspace(p, n, q, k);
-        let y_dense = Dense::from_vec(p, n, y);
-        cross_product(&state.x, &state.x, &mut work.gram);
-        cross_product(&state.x, &y_dense, &mut work.xty);
+        let mut work = workspace(&y, p, n, &a.data, q);
+        cross_product(&x, &x, &mut work.gram);
+        work.ytx = y_cross_x(&y, p, &x);
         let lambda = 0.7;
-        fixed_scores(&state.theta, &a, &mut work.fixed, Par::Seq);
-        update_random_effects(&mut state, &mut work, lambda, Par::Seq).unwrap();
+        fixed_scores(&theta, &mut work);
+        let mut u_t = Dense::zeros(n, q);
+        update_random_effects(&x, &mut u_t, &mut work, lambda).unwrap();
+        let u = transposed(&u_t);
 
         // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
         // row means removed, so (X'X + lambda I) U equals the right-hand side
         // minus its own row means.
-        let mut rhs = work.xty.clone();
+        let mut rhs = transposed(&work.ytx);
         let mut gram_fixed = Dense::zeros(q, n);
-        product(&work.gram, &work.fixed, &mut gram_fixed);
+        product(&work.gram, &transposed(&work.fixed), &mut gram_fixed);
         for (r, g) in rhs.data.iter_mut().zip(&gram_fixed.data) {
             *r -= g;
         }
         let mut lhs = Dense::zeros(q, n);
-        product(&work.gram, &state.u, &mut lhs);
-        for (l, u) in lhs.data.iter_mut().zip(&state.u.data) {
+        product(&work.gram, &u, &mut lhs);
+        for (l, u) in lhs.data.iter_mut().zip(&u.data) {
             *l += lambda * u;
         }
         for row in 0..q {
@@ -1292,7 +1557,7 @@ mod tests {
                 let expected = rhs.get(row, j) - mean;
                 assert!((lhs.get(row, j) - expected).abs() < 1e-10 * (1.0 + expected.abs()));
             }
-            let u_mean = (0..n).map(|j| state.u.get(row, j)).sum::<f64>() / n as f64;
+            let u_mean = (0..n).map(|j| u.get(row, j)).sum::<f64>() / n as f64;
             assert!(u_mean.abs() < 1e-12);
         }
     }
@@ -1321,32 +1586,41 @@ mod tests {
         (y, x, u)
     }
 
+    /// Covariates for [`projection_example`]: an intercept and a trend.
+    fn projection_covariates(n: usize) -> Dense {
+        Dense::from_vec(2, n, (0..n).flat_map(|j| [1.0, (j % 10) as f64 / 10.0]).collect())
+    }
+
     #[test]
     fn projection_matches_its_definition() {
-        // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) written out cell by
-        // cell. The pass skips cells by a bound, so it must agree with them.
+        // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) A' written out
+        // cell by cell. The pass skips cells by a bound, so it must agree
+        // with them.
         let (y, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
+        let a = projection_covariates(n);
         let w = residuals(&y, &x, &u);
         let delta: Vec<f64> = y.iter().zip(&w.data).map(|(y, w)| (y.max(0.0) - (y - w)).max(0.0) - w).collect();
-        let mut expected_xty = Dense::zeros(q, n);
-        cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut expected_xty);
-        let mut expected_correction = Dense::zeros(q, n);
-        cross_product(&x, &Dense::from_vec(p, n, delta), &mut expected_correction);
-        assert!(expected_correction.data.iter().any(|&v| v != 0.0));
-        assert!(expected_correction.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
+        let expected_ytx = y_cross_x(&y, p, &x);
+        let mut projected = Dense::zeros(q, n);
+        cross_product(&x, &Dense::from_vec(p, n, delta), &mut projected);
+        assert!(projected.data.iter().any(|&v| v != 0.0));
+        assert!(projected.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
+        let mut expected_correction = Dense::zeros(q, 2);
+        gemm(&mut expected_correction, &projected, false, &a, true, 1.0, false, Par::Seq);
 
         let summary = DataSummary::new(&y, p);
+        let u_t = transposed(&u);
         for threads in [1, 2] {
-            let mut work = workspace(p, n, q, 1);
-            project_data(&y, &summary, &x, &u, true, &mut work, threads);
-            for (actual, expected) in [(&work.xty, &expected_xty), (&work.scratch, &expected_correction)] {
+            let mut work = workspace(&y, p, n, &a.data, q);
+            project_data(&y, &summary, &x, &u_t, &a, true, &mut work, threads);
+            for (actual, expected) in [(&work.ytx, &expected_ytx), (&work.correction, &expected_correction)] {
                 for (a, e) in actual.data.iter().zip(&expected.data) {
                     assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
                 }
             }
-            project_data(&y, &summary, &x, &u, false, &mut work, threads);
-            assert!(work.scratch.data.iter().all(|&v| v == 0.0));
+            project_data(&y, &summary, &x, &u_t, &a, false, &mut work, threads);
+            assert!(work.correction.data.iter().all(|&v| v == 0.0));
         }
     }
 
@@ -1356,15 +1630,17 @@ mod tests {
         // almost equal to X U (RSS below 1e-4 ||Y||^2, the pass over Y).
         let (y, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
+        let a = projection_covariates(n);
         let mut nearly_fitted = residuals(&vec![0.0; p * n], &x, &u);
         nearly_fitted.data.iter_mut().enumerate().for_each(|(i, v)| *v = -*v + 1e-4 * ((i % 3) as f64 - 1.0));
         for y in [y, nearly_fitted.data] {
             let direct = residuals(&y, &x, &u).squared_norm();
-            let mut work = workspace(p, n, q, 1);
+            // Theta = 0, so the scores are U.
+            let mut work = workspace(&y, p, n, &a.data, q);
             cross_product(&x, &x, &mut work.gram);
-            cross_product(&x, &Dense::from_vec(p, n, y.clone()), &mut work.xty);
+            work.ytx = y_cross_x(&y, p, &x);
             let summary = DataSummary::new(&y, p);
-            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &u, &mut work, 1);
+            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &transposed(&u), &mut work, 1);
             assert!((rss - direct).abs() < 1e-12 * direct, "{rss} vs {direct}");
         }
     }
@@ -1377,11 +1653,45 @@ mod tests {
         gemm(&mut expected, &Dense::from_vec(p, u.cols, y.clone()), false, &u, true, 1.0, false, Par::Seq);
         for threads in [1, 2, 3] {
             let mut out = Dense::zeros(p, q);
-            product_with_scores(&y, &u, &mut out, threads);
+            product_with_scores(&y, &transposed(&u), &mut out, threads);
             for (a, e) in out.data.iter().zip(&expected.data) {
                 assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
             }
         }
+    }
+
+    #[test]
+    fn gram_route_matches_the_pass_over_y() {
+        // max(Y, 0) B' for B = max(Theta A + U, 0) after a U-step, from the
+        // fixed Gram matrices and from a pass over Y, on data with negative
+        // cells and with scores of both signs.
+        let (y, x, _) = projection_example();
+        let (p, n, q) = (x.rows, 600, x.cols);
+        let a = projection_covariates(n);
+        let data = Data::new(&y, p, n, &a.data, 2).unwrap();
+        let y_positive = data.y_positive();
+        let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
+        let mut work = Workspace::new(&data, q);
+        let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
+        cross_product(&x, &x, &mut work.gram);
+        work.ytx = y_cross_x(&y, p, &x);
+        fixed_scores(&theta, &mut work);
+        let mut u_t = Dense::zeros(n, q);
+        update_random_effects(&x, &mut u_t, &mut work, 0.5).unwrap();
+        let negative = positive_scores(&u_t, &mut work);
+        assert!(negative > 0, "the example needs negative scores");
+        assert!((negative as f64) < GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64, "{negative} negative scores");
+
+        let mut expected = Dense::zeros(p, q);
+        product_with_scores(&y_positive, &work.scores, &mut expected, 1);
+        assert!(gram_route_product(&route, &y_positive, &x, &u_t, negative, &mut work));
+        let scale = expected.data.iter().fold(0.0f64, |high, v| high.max(v.abs()));
+        for (a, e) in work.ybt.data.iter().zip(&expected.data) {
+            assert!((a - e).abs() < 1e-12 * scale, "{a} vs {e}");
+        }
+        // Past the share of negative scores the route declines.
+        let too_many = (GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64) as usize + 1;
+        assert!(!gram_route_product(&route, &y_positive, &x, &u_t, too_many, &mut work));
     }
 
     #[test]

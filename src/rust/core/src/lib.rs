@@ -10,6 +10,7 @@
 //! dependency; the bridge crate converts R objects.
 
 mod accelerate;
+mod columns;
 pub mod dense;
 pub mod dfcap;
 pub mod error;

@@ -82,22 +82,30 @@ impl Cholesky {
 
     pub fn inverse(&self) -> Dense {
         let size = self.factor.rows;
-        let mut identity = Dense::zeros(size, size);
+        let mut out = Dense::zeros(size, size);
+        self.inverse_into(&mut out);
+        out
+    }
+
+    /// Sets `out` (dim x dim) to the inverse of the factorised matrix.
+    pub fn inverse_into(&self, out: &mut Dense) {
+        let size = self.factor.rows;
+        debug_assert_eq!((out.rows, out.cols), (size, size));
+        out.data.iter_mut().for_each(|v| *v = 0.0);
         for i in 0..size {
-            identity.set(i, i, 1.0);
+            out.set(i, i, 1.0);
         }
-        for column in identity.data.chunks_exact_mut(size) {
+        for column in out.data.chunks_exact_mut(size) {
             self.solve_in_place(column);
         }
         // Symmetrise so that later quadratic forms see an exactly symmetric matrix.
         for i in 0..size {
             for j in 0..i {
-                let mean = 0.5 * (identity.get(i, j) + identity.get(j, i));
-                identity.set(i, j, mean);
-                identity.set(j, i, mean);
+                let mean = 0.5 * (out.get(i, j) + out.get(j, i));
+                out.set(i, j, mean);
+                out.set(j, i, mean);
             }
         }
-        identity
     }
 }
 

@@ -1,0 +1,321 @@
+//! Kernels on the tall N x Q matrices of the estimation loop (the random
+//! effects, the fixed scores, Y'X), stored as Q columns of N contiguous
+//! values. Each kernel runs along N, so that it vectorises whatever Q is;
+//! with Q = 3 and the scores stored unit by unit, every step would instead
+//! be a loop of three.
+//!
+//! The loops are compiled twice, for the baseline x86-64 instruction set
+//! and for AVX2, and the AVX2 version is chosen at run time when the
+//! processor has it. Both versions perform the same operations in the same
+//! order (no fused multiply-add, sums in eight fixed lanes), so they give
+//! the same bits.
+
+use crate::dense::Dense;
+
+/// Independent partial sums in [`lane_dot`].
+const LANES: usize = 16;
+
+/// Runs `$body` (an expression over the function's arguments) compiled for
+/// AVX2 when the processor supports it, and for the baseline otherwise.
+macro_rules! with_avx2 {
+    ($(#[$meta:meta])* $name:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $body:expr) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret {
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the processor supports AVX2, as checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+with_avx2!(
+    /// Adds `scale * values` to `out`.
+    add_scaled, (out: &mut [f64], values: &[f64], scale: f64) -> (), {
+    for (o, v) in out.iter_mut().zip(values) {
+        *o += scale * v;
+    }
+});
+
+with_avx2!(
+    /// Sets `out = left + right`.
+    set_sum, (out: &mut [f64], left: &[f64], right: &[f64]) -> (), {
+    for ((o, l), r) in out.iter_mut().zip(left).zip(right) {
+        *o = l + r;
+    }
+});
+
+with_avx2!(
+    /// Inner product summed in sixteen lanes, so that four vector
+    /// accumulators hide the latency of the additions; the rows past the
+    /// last full chunk are padded with zeros, and the lanes are added
+    /// pairwise at the end.
+    lane_dot, (left: &[f64], right: &[f64]) -> f64, {
+    #[inline(always)]
+    fn accumulate(lanes: &mut [f64; LANES], left: &[f64], right: &[f64]) {
+        for ((lane, a), b) in lanes.iter_mut().zip(left).zip(right) {
+            *lane += a * b;
+        }
+    }
+    let mut lanes = [0.0f64; LANES];
+    let left_chunks = left.chunks_exact(LANES);
+    let right_chunks = right.chunks_exact(LANES);
+    let (mut left_tail, mut right_tail) = ([0.0; LANES], [0.0; LANES]);
+    left_tail[..left_chunks.remainder().len()].copy_from_slice(left_chunks.remainder());
+    right_tail[..right_chunks.remainder().len()].copy_from_slice(right_chunks.remainder());
+    for (l, r) in left_chunks.zip(right_chunks) {
+        accumulate(&mut lanes, l, r);
+    }
+    accumulate(&mut lanes, &left_tail, &right_tail);
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+});
+
+with_avx2!(
+    /// Multiplies every entry of `values` by `scale`.
+    scale_in_place, (values: &mut [f64], scale: f64) -> (), {
+    for v in values.iter_mut() {
+        *v *= scale;
+    }
+});
+
+with_avx2!(
+    /// Sets `out = max(left + right, 0)` and returns how many entries of
+    /// `left + right` are negative.
+    positive_sum, (out: &mut [f64], left: &[f64], right: &[f64]) -> usize, {
+    let mut negative = 0;
+    for ((o, l), r) in out.iter_mut().zip(left).zip(right) {
+        let value = l + r;
+        negative += usize::from(value < 0.0);
+        *o = if value > 0.0 { value } else { 0.0 };
+    }
+    negative
+});
+
+with_avx2!(
+    /// Adds `scale * max(values, 0)` to `out`.
+    add_scaled_positive, (out: &mut [f64], values: &[f64], scale: f64) -> (), {
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o += scale * if v > 0.0 { v } else { 0.0 };
+    }
+});
+
+with_avx2!(
+    /// Sets `out[i] = offset + sum_t sum_r coefficients_t[r] * tall_t[r * n + i]`
+    /// for i in `start..end`, where each term t is a tall matrix (n rows,
+    /// stored by columns) and the coefficients of its columns. The sums of
+    /// 32 (then 8) rows at a time stay in registers, in independent chains,
+    /// so `out` is written once.
+    combine_rows, (out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, start: usize, end: usize) -> (), {
+    #[inline(always)]
+    fn rows<const WIDTH: usize>(out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, i: usize) {
+        let mut sums = [offset; WIDTH];
+        for (tall, coefficients) in terms {
+            for (r, &c) in coefficients.iter().enumerate() {
+                let values = &tall[r * n + i..r * n + i + WIDTH];
+                for (sum, v) in sums.iter_mut().zip(values) {
+                    *sum += c * v;
+                }
+            }
+        }
+        out[i..i + WIDTH].copy_from_slice(&sums);
+    }
+    let mut i = start;
+    while i + 32 <= end {
+        rows::<32>(out, n, terms, offset, i);
+        i += 32;
+    }
+    while i + 8 <= end {
+        rows::<8>(out, n, terms, offset, i);
+        i += 8;
+    }
+    while i < end {
+        rows::<1>(out, n, terms, offset, i);
+        i += 1;
+    }
+});
+
+/// Sets `out = offsets' + sum_t tall_t * small_t` (N x Q) for tall matrices
+/// `tall_t` (N x R_t) and small ones `small_t` (R_t x Q); `offsets` holds
+/// one value per column of `out` (or none, for zeros).
+pub fn tall_product(out: &mut Dense, terms: &[(&Dense, &Dense)], offsets: Option<&[f64]>) {
+    let n = out.rows;
+    for (tall, small) in terms {
+        debug_assert_eq!((tall.rows, tall.cols, small.cols), (n, small.rows, out.cols));
+    }
+    for q in 0..out.cols {
+        let column = &mut out.data[q * n..(q + 1) * n];
+        let offset = offsets.map_or(0.0, |values| values[q]);
+        match terms {
+            [(tall, small)] => combine_rows(column, n, &[(&tall.data, small.col(q))], offset, 0, n),
+            [(tall_a, small_a), (tall_b, small_b)] => {
+                let pairs = [(&tall_a.data[..], small_a.col(q)), (&tall_b.data[..], small_b.col(q))];
+                combine_rows(column, n, &pairs, offset, 0, n)
+            }
+            _ => {
+                column.iter_mut().for_each(|v| *v = offset);
+                for (tall, small) in terms {
+                    combine_rows_accumulate(column, n, &tall.data, small.col(q));
+                }
+            }
+        }
+    }
+}
+
+/// Adds `tall * coefficients` (one column) to `column`.
+fn combine_rows_accumulate(column: &mut [f64], n: usize, tall: &[f64], coefficients: &[f64]) {
+    for (r, &c) in coefficients.iter().enumerate() {
+        add_scaled(column, &tall[r * n..(r + 1) * n], c);
+    }
+}
+
+/// Rows per block in the cross products below: a block of a few columns
+/// stays in the first-level cache while every pair of them is multiplied.
+const DOT_BLOCK_ROWS: usize = 512;
+
+/// Calls `body` on consecutive row ranges of `0..n` of at most
+/// `DOT_BLOCK_ROWS` rows.
+pub fn for_row_blocks(n: usize, mut body: impl FnMut(std::ops::Range<usize>)) {
+    let mut start = 0;
+    while start < n {
+        let end = (start + DOT_BLOCK_ROWS).min(n);
+        body(start..end);
+        start = end;
+    }
+}
+
+/// Adds to `out` (A x B) the part of `left' * right` from rows `rows` of
+/// `left` (N x A) and `right` (N x B). With `symmetric`, `left` and
+/// `right` must be the same matrix, and only the upper triangle is added.
+pub fn add_block_cross_product(out: &mut Dense, left: &Dense, right: &Dense, rows: std::ops::Range<usize>, symmetric: bool) {
+    let n = left.rows;
+    for j in 0..right.cols {
+        let right_block = &right.data[j * n + rows.start..j * n + rows.end];
+        let last = if symmetric { j + 1 } else { left.cols };
+        for i in 0..last {
+            let left_block = &left.data[i * n + rows.start..i * n + rows.end];
+            out.data[i + out.rows * j] += lane_dot(left_block, right_block);
+        }
+    }
+}
+
+/// Copies the upper triangle of the square `out` to its lower triangle.
+pub fn mirror_upper(out: &mut Dense) {
+    for j in 0..out.cols {
+        for i in 0..j {
+            out.data[j + out.rows * i] = out.data[i + out.rows * j];
+        }
+    }
+}
+
+/// Sets `out = left' * right` for `left` (N x A) and `right` (N x B), a
+/// block of rows at a time.
+pub fn tall_cross_product(out: &mut Dense, left: &Dense, right: &Dense) {
+    debug_assert_eq!(left.rows, right.rows);
+    debug_assert_eq!((out.rows, out.cols), (left.cols, right.cols));
+    out.data.iter_mut().for_each(|v| *v = 0.0);
+    for_row_blocks(left.rows, |rows| add_block_cross_product(out, left, right, rows, false));
+}
+
+/// Returns the transpose of `matrix`.
+pub fn transposed(matrix: &Dense) -> Dense {
+    let mut out = Dense::zeros(matrix.cols, matrix.rows);
+    transpose_into(matrix, &mut out);
+    out
+}
+
+/// Sets `out` to the transpose of `matrix`.
+pub fn transpose_into(matrix: &Dense, out: &mut Dense) {
+    debug_assert_eq!((out.rows, out.cols), (matrix.cols, matrix.rows));
+    for j in 0..matrix.cols {
+        for (i, &value) in matrix.col(j).iter().enumerate() {
+            out.data[j + out.rows * i] = value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(rows: usize, cols: usize, seed: f64) -> Dense {
+        let data = (0..rows * cols).map(|i| ((i as f64 + seed) * 0.7359).sin()).collect();
+        Dense::from_vec(rows, cols, data)
+    }
+
+    #[test]
+    fn tall_product_matches_the_definition() {
+        let (tall, small) = (example(1100, 3, 0.0), example(3, 4, 5.0));
+        let (other, other_small) = (example(1100, 2, 3.0), example(2, 4, 7.0));
+        let offsets = [0.5, -1.0, 2.0, 0.0];
+        let mut out = Dense::zeros(1100, 4);
+        // 1100 rows: 34 chunks of 32, one of 8 and four single rows.
+        for terms in [vec![(&tall, &small)], vec![(&tall, &small), (&other, &other_small)], vec![(&tall, &small); 3]] {
+            tall_product(&mut out, &terms, Some(&offsets));
+            for i in 0..1100 {
+                for q in 0..4 {
+                    let expected: f64 = offsets[q]
+                        + terms.iter().map(|(t, s)| (0..t.cols).map(|r| t.get(i, r) * s.get(r, q)).sum::<f64>()).sum::<f64>();
+                    assert!((out.get(i, q) - expected).abs() < 1e-13, "{} vs {expected}", out.get(i, q));
+                }
+            }
+        }
+        tall_product(&mut out, &[(&tall, &small)], None);
+        let expected: f64 = (0..3).map(|r| tall.get(17, r) * small.get(r, 2)).sum();
+        assert!((out.get(17, 2) - expected).abs() < 1e-13);
+    }
+
+    #[test]
+    fn cross_products_match_the_definition() {
+        // 601 rows: a full block and part of a second.
+        let (left, right) = (example(601, 3, 1.0), example(601, 2, 2.0));
+        let mut out = Dense::zeros(3, 2);
+        tall_cross_product(&mut out, &left, &right);
+        let mut gram = Dense::zeros(3, 3);
+        for_row_blocks(601, |rows| add_block_cross_product(&mut gram, &left, &left, rows, true));
+        mirror_upper(&mut gram);
+        for i in 0..3 {
+            for j in 0..2 {
+                let expected: f64 = (0..601).map(|n| left.get(n, i) * right.get(n, j)).sum();
+                assert!((out.get(i, j) - expected).abs() < 1e-12);
+            }
+            for j in 0..3 {
+                let expected: f64 = (0..601).map(|n| left.get(n, i) * left.get(n, j)).sum();
+                assert!((gram.get(i, j) - expected).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn positive_sum_counts_negative_entries() {
+        let (left, right) = ([1.0, -2.0, 0.5, -0.1], [0.5, 1.0, -1.0, 0.1]);
+        let mut out = [9.0; 4];
+        assert_eq!(positive_sum(&mut out, &left, &right), 2);
+        assert_eq!(out, [1.5, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn lane_dot_agrees_with_a_plain_sum() {
+        // Sums of multiples of 1/16 below 2^40 are exact in any order.
+        let values: Vec<f64> = (0..37).map(|i| i as f64 * 0.25).collect();
+        assert_eq!(lane_dot(&values, &values), values.iter().map(|v| v * v).sum::<f64>());
+    }
+}
