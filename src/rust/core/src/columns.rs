@@ -50,14 +50,6 @@ with_avx2!(
 });
 
 with_avx2!(
-    /// Sets `out = left + right`.
-    set_sum, (out: &mut [f64], left: &[f64], right: &[f64]) -> (), {
-    for ((o, l), r) in out.iter_mut().zip(left).zip(right) {
-        *o = l + r;
-    }
-});
-
-with_avx2!(
     /// Inner product summed in sixteen lanes, so that four vector
     /// accumulators hide the latency of the additions; the rows past the
     /// last full chunk are padded with zeros, and the lanes are added
@@ -98,19 +90,6 @@ with_avx2!(
 });
 
 with_avx2!(
-    /// Sets `out = max(left + right, 0)` and returns how many entries of
-    /// `left + right` are negative.
-    positive_sum, (out: &mut [f64], left: &[f64], right: &[f64]) -> usize, {
-    let mut negative = 0;
-    for ((o, l), r) in out.iter_mut().zip(left).zip(right) {
-        let value = l + r;
-        negative += usize::from(value < 0.0);
-        *o = if value > 0.0 { value } else { 0.0 };
-    }
-    negative
-});
-
-with_avx2!(
     /// Adds `scale * max(values, 0)` to `out`.
     add_scaled_positive, (out: &mut [f64], values: &[f64], scale: f64) -> (), {
     for (o, &v) in out.iter_mut().zip(values) {
@@ -118,74 +97,80 @@ with_avx2!(
     }
 });
 
-with_avx2!(
-    /// Sets `out[i] = offset + sum_t sum_r coefficients_t[r] * tall_t[r * n + i]`
-    /// for i in `start..end`, where each term t is a tall matrix (n rows,
-    /// stored by columns) and the coefficients of its columns. The sums of
-    /// 32 (then 8) rows at a time stay in registers, in independent chains,
-    /// so `out` is written once.
-    combine_rows, (out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, start: usize, end: usize) -> (), {
-    #[inline(always)]
-    fn rows<const WIDTH: usize>(out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, i: usize) {
-        let mut sums = [offset; WIDTH];
-        for (tall, coefficients) in terms {
-            for (r, &c) in coefficients.iter().enumerate() {
-                let values = &tall[r * n + i..r * n + i + WIDTH];
-                for (sum, v) in sums.iter_mut().zip(values) {
-                    *sum += c * v;
-                }
+/// Sets `out[i..i + WIDTH]` to `offset + sum_t sum_r coefficients_t[r] *
+/// tall_t[r * n + i + l]` (then to its positive part when `clip`) and
+/// returns how many of those sums are negative when `clip`.
+#[inline(always)]
+fn combine_chunk<const WIDTH: usize>(
+    out: &mut [f64],
+    n: usize,
+    terms: &[(&[f64], &[f64])],
+    offset: f64,
+    i: usize,
+    clip: bool,
+) -> usize {
+    let mut sums = [offset; WIDTH];
+    for (tall, coefficients) in terms {
+        for (r, &c) in coefficients.iter().enumerate() {
+            let values = &tall[r * n + i..r * n + i + WIDTH];
+            for (sum, v) in sums.iter_mut().zip(values) {
+                *sum += c * v;
             }
         }
-        out[i..i + WIDTH].copy_from_slice(&sums);
     }
-    let mut i = start;
-    while i + 32 <= end {
-        rows::<32>(out, n, terms, offset, i);
+    let mut negative = 0;
+    if clip {
+        for sum in sums.iter_mut() {
+            negative += usize::from(*sum < 0.0);
+            *sum = if *sum > 0.0 { *sum } else { 0.0 };
+        }
+    }
+    out[i..i + WIDTH].copy_from_slice(&sums);
+    negative
+}
+
+/// Runs [`combine_chunk`] over `start..end`: 32 rows at a time, so that
+/// the sums stay in registers in independent chains, then 8, then 1.
+#[inline(always)]
+fn combine_range(
+    out: &mut [f64],
+    n: usize,
+    terms: &[(&[f64], &[f64])],
+    offset: f64,
+    rows: std::ops::Range<usize>,
+    clip: bool,
+) -> usize {
+    let (mut i, mut negative) = (rows.start, 0);
+    while i + 32 <= rows.end {
+        negative += combine_chunk::<32>(out, n, terms, offset, i, clip);
         i += 32;
     }
-    while i + 8 <= end {
-        rows::<8>(out, n, terms, offset, i);
+    while i + 8 <= rows.end {
+        negative += combine_chunk::<8>(out, n, terms, offset, i, clip);
         i += 8;
     }
-    while i < end {
-        rows::<1>(out, n, terms, offset, i);
+    while i < rows.end {
+        negative += combine_chunk::<1>(out, n, terms, offset, i, clip);
         i += 1;
     }
+    negative
+}
+
+with_avx2!(
+    /// Sets `out[i] = offset + sum_t sum_r coefficients_t[r] * tall_t[r * n + i]`
+    /// for i in `rows`, where each term t is a tall matrix (n rows, stored by
+    /// columns, possibly starting at a later column) and the coefficients of
+    /// its columns. `out` is written once.
+    combine_rows, (out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, rows: std::ops::Range<usize>) -> (), {
+    combine_range(out, n, terms, offset, rows, false);
 });
 
-/// Sets `out = offsets' + sum_t tall_t * small_t` (N x Q) for tall matrices
-/// `tall_t` (N x R_t) and small ones `small_t` (R_t x Q); `offsets` holds
-/// one value per column of `out` (or none, for zeros).
-pub fn tall_product(out: &mut Dense, terms: &[(&Dense, &Dense)], offsets: Option<&[f64]>) {
-    let n = out.rows;
-    for (tall, small) in terms {
-        debug_assert_eq!((tall.rows, tall.cols, small.cols), (n, small.rows, out.cols));
-    }
-    for q in 0..out.cols {
-        let column = &mut out.data[q * n..(q + 1) * n];
-        let offset = offsets.map_or(0.0, |values| values[q]);
-        match terms {
-            [(tall, small)] => combine_rows(column, n, &[(&tall.data, small.col(q))], offset, 0, n),
-            [(tall_a, small_a), (tall_b, small_b)] => {
-                let pairs = [(&tall_a.data[..], small_a.col(q)), (&tall_b.data[..], small_b.col(q))];
-                combine_rows(column, n, &pairs, offset, 0, n)
-            }
-            _ => {
-                column.iter_mut().for_each(|v| *v = offset);
-                for (tall, small) in terms {
-                    combine_rows_accumulate(column, n, &tall.data, small.col(q));
-                }
-            }
-        }
-    }
-}
-
-/// Adds `tall * coefficients` (one column) to `column`.
-fn combine_rows_accumulate(column: &mut [f64], n: usize, tall: &[f64], coefficients: &[f64]) {
-    for (r, &c) in coefficients.iter().enumerate() {
-        add_scaled(column, &tall[r * n..(r + 1) * n], c);
-    }
-}
+with_avx2!(
+    /// Same as [`combine_rows`], then keeps the positive part of each sum
+    /// and returns how many sums are negative.
+    combine_rows_positive, (out: &mut [f64], n: usize, terms: &[(&[f64], &[f64])], offset: f64, rows: std::ops::Range<usize>) -> usize, {
+    combine_range(out, n, terms, offset, rows, true)
+});
 
 /// Rows per block in the cross products below: a block of a few columns
 /// stays in the first-level cache while every pair of them is multiplied.
@@ -226,15 +211,6 @@ pub fn mirror_upper(out: &mut Dense) {
     }
 }
 
-/// Sets `out = left' * right` for `left` (N x A) and `right` (N x B), a
-/// block of rows at a time.
-pub fn tall_cross_product(out: &mut Dense, left: &Dense, right: &Dense) {
-    debug_assert_eq!(left.rows, right.rows);
-    debug_assert_eq!((out.rows, out.cols), (left.cols, right.cols));
-    out.data.iter_mut().for_each(|v| *v = 0.0);
-    for_row_blocks(left.rows, |rows| add_block_cross_product(out, left, right, rows, false));
-}
-
 /// Returns the transpose of `matrix`.
 pub fn transposed(matrix: &Dense) -> Dense {
     let mut out = Dense::zeros(matrix.cols, matrix.rows);
@@ -262,54 +238,58 @@ mod tests {
     }
 
     #[test]
-    fn tall_product_matches_the_definition() {
-        let (tall, small) = (example(1100, 3, 0.0), example(3, 4, 5.0));
-        let (other, other_small) = (example(1100, 2, 3.0), example(2, 4, 7.0));
-        let offsets = [0.5, -1.0, 2.0, 0.0];
-        let mut out = Dense::zeros(1100, 4);
-        // 1100 rows: 34 chunks of 32, one of 8 and four single rows.
-        for terms in [vec![(&tall, &small)], vec![(&tall, &small), (&other, &other_small)], vec![(&tall, &small); 3]] {
-            tall_product(&mut out, &terms, Some(&offsets));
-            for i in 0..1100 {
-                for q in 0..4 {
-                    let expected: f64 = offsets[q]
-                        + terms.iter().map(|(t, s)| (0..t.cols).map(|r| t.get(i, r) * s.get(r, q)).sum::<f64>()).sum::<f64>();
-                    assert!((out.get(i, q) - expected).abs() < 1e-13, "{} vs {expected}", out.get(i, q));
-                }
+    fn combined_rows_match_the_definition() {
+        // 1100 rows: 34 chunks of 32, one of 8 and four single rows; the
+        // second term starts at the second column of its matrix.
+        let (tall, other) = (example(1100, 3, 0.0), example(1100, 2, 3.0));
+        let (coefficients, other_coefficients) = ([0.5, -1.0, 2.0], [0.25]);
+        let terms = [(&tall.data[..], &coefficients[..]), (&other.data[1100..], &other_coefficients[..])];
+        let mut out = vec![9.0; 1100];
+        combine_rows(&mut out, 1100, &terms, 0.75, 0..1100);
+        let expected: Vec<f64> = (0..1100)
+            .map(|i| 0.75 + (0..3).map(|r| coefficients[r] * tall.get(i, r)).sum::<f64>() + 0.25 * other.get(i, 1))
+            .collect();
+        for (o, e) in out.iter().zip(&expected) {
+            assert!((o - e).abs() < 1e-13, "{o} vs {e}");
+        }
+        let mut clipped = vec![9.0; 1100];
+        let negative = combine_rows_positive(&mut clipped, 1100, &terms, 0.75, 0..1100);
+        assert_eq!(negative, expected.iter().filter(|&&e| e < 0.0).count());
+        assert!(negative > 0);
+        for (c, e) in clipped.iter().zip(&expected) {
+            if *e < 0.0 {
+                assert_eq!(*c, 0.0);
+            } else {
+                assert!((c - e).abs() < 1e-13, "{c} vs {e}");
             }
         }
-        tall_product(&mut out, &[(&tall, &small)], None);
-        let expected: f64 = (0..3).map(|r| tall.get(17, r) * small.get(r, 2)).sum();
-        assert!((out.get(17, 2) - expected).abs() < 1e-13);
+        // Only the given rows are written.
+        let mut part = vec![9.0; 1100];
+        combine_rows(&mut part, 1100, &terms, 0.75, 40..45);
+        assert_eq!(part[39], 9.0);
+        assert_eq!(part[45], 9.0);
+        assert!((part[42] - expected[42]).abs() < 1e-13);
     }
 
     #[test]
     fn cross_products_match_the_definition() {
         // 601 rows: a full block and part of a second.
-        let (left, right) = (example(601, 3, 1.0), example(601, 2, 2.0));
-        let mut out = Dense::zeros(3, 2);
-        tall_cross_product(&mut out, &left, &right);
-        let mut gram = Dense::zeros(3, 3);
+        let (left, right) = (example(601, 6, 1.0), example(601, 5, 2.0));
+        let mut out = Dense::zeros(6, 5);
+        for_row_blocks(601, |rows| add_block_cross_product(&mut out, &left, &right, rows, false));
+        let mut gram = Dense::zeros(6, 6);
         for_row_blocks(601, |rows| add_block_cross_product(&mut gram, &left, &left, rows, true));
         mirror_upper(&mut gram);
-        for i in 0..3 {
-            for j in 0..2 {
+        for i in 0..6 {
+            for j in 0..5 {
                 let expected: f64 = (0..601).map(|n| left.get(n, i) * right.get(n, j)).sum();
-                assert!((out.get(i, j) - expected).abs() < 1e-12);
+                assert!((out.get(i, j) - expected).abs() < 1e-12, "{i} {j}");
             }
-            for j in 0..3 {
+            for j in 0..6 {
                 let expected: f64 = (0..601).map(|n| left.get(n, i) * left.get(n, j)).sum();
-                assert!((gram.get(i, j) - expected).abs() < 1e-12);
+                assert!((gram.get(i, j) - expected).abs() < 1e-12, "{i} {j}");
             }
         }
-    }
-
-    #[test]
-    fn positive_sum_counts_negative_entries() {
-        let (left, right) = ([1.0, -2.0, 0.5, -0.1], [0.5, 1.0, -1.0, 0.1]);
-        let mut out = [9.0; 4];
-        assert_eq!(positive_sum(&mut out, &left, &right), 2);
-        assert_eq!(out, [1.5, 0.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -111,18 +111,83 @@ pub fn raise_lambda_to_cap_within(
         high = (high * 10.0).min(LAMBDA_MAX);
     }
 
+    // The bisection below needs only the side of the root each midpoint
+    // falls on. Away from the root, a root found by Newton's method tells
+    // that side without evaluating dfU; near it, dfU is evaluated as
+    // before, so the result is the same as plain bisection.
+    let guide = NewtonRoot::find(eigenvalues, units, cap, low, high);
     while high - low > tolerance {
         let middle = 0.5 * (low + high);
         if middle <= low || middle >= high {
             break;
         }
-        if df(middle) > cap {
+        let above_cap = match guide.side(middle) {
+            Some(below_root) => below_root,
+            None => df(middle) > cap,
+        };
+        if above_cap {
             low = middle;
         } else {
             high = middle;
         }
     }
     CapSolution { lambda: high, reached: true }
+}
+
+/// A root of `dfU(lambda) = cap` from Newton's method, with the distance
+/// from it within which the side of a point is uncertain.
+struct NewtonRoot {
+    root: f64,
+    margin: f64,
+}
+
+impl NewtonRoot {
+    /// Newton's method from `low`, where dfU > cap. dfU is decreasing and
+    /// convex in lambda, so the iterates rise towards the root without
+    /// passing it. Without convergence the margin is infinite, so that
+    /// every side is evaluated.
+    fn find(eigenvalues: &[f64], units: usize, cap: f64, low: f64, high: f64) -> Self {
+        let units = units as f64;
+        let value_and_slope = |lambda: f64| {
+            let (mut value, mut slope) = (0.0, 0.0);
+            for &d in eigenvalues {
+                let d = d.max(0.0);
+                if d + lambda > 0.0 {
+                    let share = d / (d + lambda);
+                    value += share;
+                    slope -= share / (d + lambda);
+                }
+            }
+            (units * value - cap, units * slope)
+        };
+        let mut lambda = low;
+        for _ in 0..100 {
+            let (value, slope) = value_and_slope(lambda);
+            if !(slope < 0.0) || !value.is_finite() {
+                break;
+            }
+            let step = -value / slope;
+            lambda = (lambda + step).min(high);
+            if step.abs() <= 1e-15 * lambda {
+                // Rounding in dfU, about 1e-16 relative per term, moves its
+                // sign change by up to that error over the slope; a thousand
+                // times that (and the last step) is a safe margin.
+                let rounding = 1e-16 * (eigenvalues.len() as f64 + 1.0) * cap.abs() / -slope;
+                return NewtonRoot { root: lambda, margin: 1e3 * rounding + 1e3 * step.abs() + 1e-13 * lambda };
+            }
+        }
+        NewtonRoot { root: lambda, margin: f64::INFINITY }
+    }
+
+    /// Returns whether `lambda` lies below the root (where dfU > cap), or
+    /// None when it is too close to the root to tell without evaluating dfU.
+    fn side(&self, lambda: f64) -> Option<bool> {
+        if (lambda - self.root).abs() > self.margin {
+            Some(lambda < self.root)
+        } else {
+            None
+        }
+    }
 }
 
 /// Finds the lambda at which dfU equals `cap`, searching up or down from
@@ -173,6 +238,57 @@ mod tests {
             let below = effective_df(&eigenvalues, solution.lambda - LAMBDA_TOLERANCE, units);
             assert!(below > cap, "root not bracketed to tolerance: {below} <= {cap}");
         }
+    }
+
+    /// Plain bisection, as MODEL.md states it, for comparison with the
+    /// search guided by Newton's method.
+    fn plain_bisection(eigenvalues: &[f64], lambda: f64, units: usize, cap: f64, tolerance: f64) -> f64 {
+        let df = |value: f64| effective_df(eigenvalues, value, units);
+        let mut low = lambda.max(0.0);
+        let mut high = if low > 0.0 { low * 10.0 } else { 1e-6 };
+        while df(high) > cap {
+            low = high;
+            high *= 10.0;
+        }
+        while high - low > tolerance {
+            let middle = 0.5 * (low + high);
+            if middle <= low || middle >= high {
+                break;
+            }
+            if df(middle) > cap {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        high
+    }
+
+    #[test]
+    fn guided_search_returns_the_bisection_result_bit_for_bit() {
+        // Spread eigenvalues, caps near saturation (lambda far below the
+        // eigenvalues, where dfU barely moves) and far from it, and both
+        // tolerances the fit uses.
+        let mut cases = 0;
+        for eigenvalues in [vec![3.0, 1.0, 0.2], vec![1e4, 2e3, 5e2, 1.0], vec![0.49, 0.5, 0.51], vec![1e-6, 1.0]] {
+            for units in [27, 301, 10_000] {
+                let full = units as f64 * eigenvalues.len() as f64;
+                for share in [0.05, 0.21, 0.5, 0.96, 0.999, 0.999999] {
+                    for start in [0.0, 1e-9, 1e-3, 0.7] {
+                        for tolerance in [LAMBDA_TOLERANCE, 1e-14] {
+                            let cap = share * full;
+                            let expected = plain_bisection(&eigenvalues, start, units, cap, tolerance);
+                            let solution = raise_lambda_to_cap_within(&eigenvalues, start, units, cap, tolerance);
+                            if effective_df(&eigenvalues, start, units) > cap {
+                                assert_eq!(solution.lambda.to_bits(), expected.to_bits(), "{eigenvalues:?} {units} {cap} {start}");
+                                cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 300, "only {cases} cases raised lambda");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatRef, Par};
 
 use crate::columns::{
-    add_block_cross_product, add_scaled, add_scaled_positive, for_row_blocks, lane_dot, mirror_upper, positive_sum,
-    scale_in_place, set_sum, tall_cross_product, tall_product, transpose_into, transposed,
+    add_block_cross_product, add_scaled, add_scaled_positive, combine_rows, combine_rows_positive, for_row_blocks,
+    lane_dot, mirror_upper, scale_in_place, transpose_into, transposed,
 };
 use crate::dense::{column_chunks, cross_product, dot, outer_product_sum, product, safe_divide, sum_of_squares, Dense};
 use crate::dfcap::{effective_df, raise_lambda_to_cap, raise_lambda_to_cap_within, CapRule};
@@ -275,10 +275,8 @@ pub(crate) struct State {
 struct Workspace {
     /// Y'X for the current X (N x Q).
     ytx: Dense,
-    /// A'Theta' for the current Theta (N x Q).
-    fixed: Dense,
-    /// Scores B = max(Theta A + U, 0) in the X-step, Theta A + U for the
-    /// residual sum of squares (N x Q).
+    /// Scores B' = max(A'Theta' + U', 0) in the X-step; A'Theta' + U' when
+    /// the residual sum of squares needs a pass over Y (N x Q).
     scores: Dense,
     /// A' (N x K).
     a_t: Dense,
@@ -296,8 +294,14 @@ struct Workspace {
     aat: Dense,
     /// Theta' (K x Q).
     theta_t: Dense,
-    /// U A' (Q x K).
+    /// U A' (Q x K), U U' (Q x Q) and <X'Y, U> for the current U.
     ua: Dense,
+    uu: Dense,
+    xty_u: f64,
+    /// X'(Y A') (Q x K).
+    xya: Dense,
+    /// -Theta' (M^-1 X'X)' (K x Q), the coefficients of A' in U'.
+    fixed_coefficients: Dense,
     /// X'(max(max(Y, 0) - X U, 0) - (Y - X U)) A' (Q x K).
     correction: Dense,
     /// X'(Y - X U) A' plus `correction` (Q x K).
@@ -346,7 +350,6 @@ impl Workspace {
         outer_product_sum(&a, &a, &mut aat);
         Workspace {
             ytx: Dense::zeros(n, q),
-            fixed: Dense::zeros(n, q),
             scores: Dense::zeros(n, q),
             a_t: transposed(&a),
             ya,
@@ -360,6 +363,10 @@ impl Workspace {
             aat,
             theta_t: Dense::zeros(k, q),
             ua: Dense::zeros(q, k),
+            uu: Dense::zeros(q, q),
+            xty_u: 0.0,
+            xya: Dense::zeros(q, k),
+            fixed_coefficients: Dense::zeros(k, q),
             correction: Dense::zeros(q, k),
             numerator: Dense::zeros(q, k),
             theta_denominator: Dense::zeros(q, k),
@@ -547,10 +554,13 @@ fn product_with_scores(y: &[f64], scores_t: &Dense, out: &mut Dense, threads: us
     }
 }
 
-/// Sets `work.fixed = A'Theta'` (N x Q), the fixed part of the scores.
-fn fixed_scores(theta: &Dense, work: &mut Workspace) {
-    transpose_into(theta, &mut work.theta_t);
-    tall_product(&mut work.fixed, &[(&work.a_t, &work.theta_t)], None);
+/// Sets `work.scores = A'Theta' + U'` (N x Q), the scores B'.
+fn scores_from_parameters(u_t: &Dense, work: &mut Workspace) {
+    let n = u_t.rows;
+    for q in 0..u_t.cols {
+        let terms = [(&work.a_t.data[..], work.theta_t.col(q)), (&u_t.data[q * n..], &[1.0][..])];
+        combine_rows(&mut work.scores.data[q * n..(q + 1) * n], n, &terms, 0.0, 0..n);
+    }
 }
 
 /// Number of columns of Y processed at a time in the fused passes, chosen so
@@ -670,13 +680,16 @@ fn gram_route_product(
             *o += f - s * mean;
         }
     }
-    // - max(Y, 0)_n s for every negative score s.
+    // - max(Y, 0)_n s for every negative score s, among the scores that
+    // the positive part set to 0.
     if negative > 0 {
+        let k = work.a_t.cols;
         for qq in 0..q {
             let column = &mut work.ybt.data[qq * p..(qq + 1) * p];
-            let (fixed, u) = (&work.fixed.data[qq * n..(qq + 1) * n], &u_t.data[qq * n..(qq + 1) * n]);
-            for (unit, (f, v)) in fixed.iter().zip(u).enumerate() {
-                let score = f + v;
+            let clipped = work.scores.data[qq * n..(qq + 1) * n].iter().enumerate().filter(|(_, &b)| b == 0.0);
+            for (unit, _) in clipped {
+                let fixed: f64 = (0..k).map(|kk| work.a_t.data[kk * n + unit] * work.theta_t.get(kk, qq)).sum();
+                let score = fixed + u_t.data[qq * n + unit];
                 if score < 0.0 {
                     add_scaled(column, &y_positive[unit * p..(unit + 1) * p], -score);
                 }
@@ -686,23 +699,48 @@ fn gram_route_product(
     true
 }
 
-/// Sets `work.scores = max(A'Theta' + U', 0)` and `work.bbt` = B B' for
-/// these scores B, a block of units at a time, and returns how many scores
-/// are negative.
-fn positive_scores(u_t: &Dense, work: &mut Workspace) -> usize {
-    let n = u_t.rows;
+/// Sets U' (`u_t`) from the U-step's solve in `work.solve` (see
+/// [`update_random_effects`]), `work.scores = max(A'Theta' + U', 0)` and
+/// `work.bbt` = B B' for these scores B, a block of units at a time, and
+/// returns how many scores are negative.
+fn random_effects_and_scores(u_t: &mut Dense, work: &mut Workspace) -> usize {
+    let (n, q) = (u_t.rows, u_t.cols);
     let mut negative = 0;
     work.bbt.data.iter_mut().for_each(|v| *v = 0.0);
     for_row_blocks(n, |rows| {
-        for qq in 0..u_t.cols {
-            let block = qq * n + rows.start..qq * n + rows.end;
-            let (fixed, u) = (&work.fixed.data[block.clone()], &u_t.data[block.clone()]);
-            negative += positive_sum(&mut work.scores.data[block], fixed, u);
+        for qq in 0..q {
+            let terms = [(&work.ytx.data[..], work.solve.inverse_t.col(qq)), (&work.a_t.data[..], work.fixed_coefficients.col(qq))];
+            let offset = work.solve.offsets[qq];
+            combine_rows(&mut u_t.data[qq * n..(qq + 1) * n], n, &terms, offset, rows.clone());
+        }
+        for qq in 0..q {
+            let terms = [(&work.a_t.data[..], work.theta_t.col(qq)), (&u_t.data[qq * n..], &[1.0][..])];
+            let scores = &mut work.scores.data[qq * n..(qq + 1) * n];
+            negative += combine_rows_positive(scores, n, &terms, 0.0, rows.clone());
         }
         add_block_cross_product(&mut work.bbt, &work.scores, &work.scores, rows, true);
     });
     mirror_upper(&mut work.bbt);
     negative
+}
+
+/// Sets `work.ua = U A'`, `work.uu = U U'` and `work.xty_u = <X'Y, U>` in
+/// one pass over the units.
+fn unit_statistics(u_t: &Dense, work: &mut Workspace) {
+    let n = u_t.rows;
+    work.ua.data.iter_mut().for_each(|v| *v = 0.0);
+    work.uu.data.iter_mut().for_each(|v| *v = 0.0);
+    let mut xty_u = 0.0;
+    for_row_blocks(n, |rows| {
+        add_block_cross_product(&mut work.ua, u_t, &work.a_t, rows.clone(), false);
+        add_block_cross_product(&mut work.uu, u_t, u_t, rows.clone(), true);
+        for qq in 0..u_t.cols {
+            let block = qq * n + rows.start..qq * n + rows.end;
+            xty_u += lane_dot(&work.ytx.data[block.clone()], &u_t.data[block]);
+        }
+    });
+    mirror_upper(&mut work.uu);
+    work.xty_u = xty_u;
 }
 
 /// Sets `work.ytx = Y'X` and, when `positive_part` is set, `work.correction
@@ -907,40 +945,47 @@ impl DataSummary {
 /// a pass over Y instead of from the Gram identity.
 const GRAM_RSS_MIN_SHARE: f64 = 1e-4;
 
-/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.ytx`
-/// = Y'X, `work.gram` = X'X and `work.fixed` = A'Theta' for the same X and
-/// Theta, and `y_squared_norm` = ||Y||^2; sets `work.scores` to B'.
+/// Returns ||Y - X B||^2 for the scores B = Theta A + U, given `work.gram`
+/// = X'X, `work.xya` = X'(Y A') and the statistics of [`unit_statistics`]
+/// for the same X and U, and `y_squared_norm` = ||Y||^2.
 ///
 /// The Gram identity ||Y||^2 - 2 <X'Y, B> + <X'X, B B'> needs no pass over
-/// Y, but subtracts terms of size ||Y||^2 and so loses about log10(||Y||^2
-/// / RSS) digits. Below `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than
-/// four digits would be lost and rounding could approach the relative
-/// change that the stopping rule compares with epsilon, Y is read again.
+/// Y: <X'Y, B> = <X'(Y A'), Theta> + <X'Y, U> and B B' = Theta A A' Theta'
+/// + Theta (U A')' + (U A') Theta' + U U'. It subtracts terms of size
+/// ||Y||^2 and so loses about log10(||Y||^2 / RSS) digits. Below
+/// `GRAM_RSS_MIN_SHARE` of ||Y||^2, where more than four digits would be
+/// lost and rounding could approach the relative change that the stopping
+/// rule compares with epsilon, Y is read again.
 fn residual_sum_of_squares(
     y: &[f64],
     y_squared_norm: f64,
     x: &Dense,
+    theta: &Dense,
     u_t: &Dense,
     work: &mut Workspace,
     threads: usize,
 ) -> f64 {
-    let n = u_t.rows;
-    let mut cross = 0.0;
-    work.scores_outer.data.iter_mut().for_each(|v| *v = 0.0);
-    for_row_blocks(n, |rows| {
-        for qq in 0..u_t.cols {
-            let block = qq * n + rows.start..qq * n + rows.end;
-            let (fixed, u) = (&work.fixed.data[block.clone()], &u_t.data[block.clone()]);
-            set_sum(&mut work.scores.data[block.clone()], fixed, u);
-            cross += lane_dot(&work.ytx.data[block.clone()], &work.scores.data[block]);
+    let q = x.cols;
+    let cross = dot(&work.xya.data, &theta.data) + work.xty_u;
+    // B B' = Theta (A A' Theta' + (U A')') + (U A') Theta' + U U'.
+    let mut theta_aat = Dense::zeros(q, theta.cols);
+    product(theta, &work.aat, &mut theta_aat);
+    let outer = &mut work.scores_outer;
+    for i in 0..q {
+        for j in 0..q {
+            let mut value = work.uu.get(i, j);
+            for kk in 0..theta.cols {
+                value += (theta_aat.get(i, kk) + work.ua.get(i, kk)) * theta.get(j, kk) + theta.get(i, kk) * work.ua.get(j, kk);
+            }
+            outer.set(i, j, value);
         }
-        add_block_cross_product(&mut work.scores_outer, &work.scores, &work.scores, rows, true);
-    });
-    mirror_upper(&mut work.scores_outer);
-    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &work.scores_outer.data);
+    }
+    let from_gram = y_squared_norm - 2.0 * cross + dot(&work.gram.data, &outer.data);
     if from_gram >= GRAM_RSS_MIN_SHARE * y_squared_norm {
         return from_gram;
     }
+    transpose_into(theta, &mut work.theta_t);
+    scores_from_parameters(u_t, work);
     residual_sum_of_squares_by_pass(y, x, &work.scores, threads)
 }
 
@@ -1047,7 +1092,6 @@ pub(crate) fn fit_from(
     let gram_route = GramRoute::for_data(data, &y_positive, q, &a, threads);
     // The loop keeps U as U' (N x Q), like the other N x Q matrices.
     let mut u_t = transposed(&state.u);
-    fixed_scores(&state.theta, &mut work);
     project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
 
     let mut record = CapRecord::default();
@@ -1100,12 +1144,13 @@ pub(crate) fn fit_from(
                 record.last = Some(iteration);
             }
         }
-        update_random_effects(&state.x, &mut u_t, &mut work, lambda)?;
+        transpose_into(&state.theta, &mut work.theta_t);
+        update_random_effects(&state.x, &mut work, lambda)?;
+        let negative = random_effects_and_scores(&mut u_t, &mut work);
 
         // X-step: Lee-Seung update against the positive part of the scores.
         // Its numerator max(Y, 0) B' comes from fixed Gram matrices while
         // few scores are negative, and from a pass over Y otherwise.
-        let negative = positive_scores(&u_t, &mut work);
         let from_gram = gram_route.as_ref().is_some_and(|route| {
             gram_route_product(route, &y_positive, &state.x, &u_t, negative, &mut work)
         });
@@ -1127,8 +1172,9 @@ pub(crate) fn fit_from(
         cross_product(&state.x, &state.x, &mut work.gram);
         let positive_part = options.theta_mode == ThetaMode::NonNegative;
         project_data(data.y, &summary, &state.x, &u_t, &a, positive_part, &mut work, threads);
-        tall_cross_product(&mut work.ua, &u_t, &work.a_t);
-        cross_product(&state.x, &work.ya, &mut work.numerator);
+        unit_statistics(&u_t, &mut work);
+        cross_product(&state.x, &work.ya, &mut work.xya);
+        work.numerator.copy_from(&work.xya);
         product(&work.gram, &work.ua, &mut work.gram_ua);
         for ((value, g), c) in work.numerator.data.iter_mut().zip(&work.gram_ua.data).zip(&work.correction.data) {
             *value += c - g;
@@ -1154,10 +1200,9 @@ pub(crate) fn fit_from(
             ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
         };
 
-        // Residuals at the new parameters; A'Theta' also serves the next U-step.
-        fixed_scores(&state.theta, &mut work);
-        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &u_t, &mut work, threads);
-        let u_squared_norm = u_t.squared_norm();
+        // Residuals at the new parameters.
+        rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &state.theta, &u_t, &mut work, threads);
+        let u_squared_norm: f64 = (0..q).map(|i| work.uu.get(i, i)).sum();
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -1224,10 +1269,9 @@ pub(crate) fn fit_from(
             if options.extrapolate {
                 let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
                 if moved {
-                    // The next U-step needs Y'X and A'Theta' for the new X and Theta.
+                    // The next U-step needs Y'X for the new X.
                     normalise_transposed(&mut state.x, &mut state.theta, &mut u_t);
                     project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
-                    fixed_scores(&state.theta, &mut work);
                 }
             }
         }
@@ -1332,39 +1376,39 @@ fn extrapolate(state: &mut State, jump: &mut Jump, residual: f64) -> bool {
     false
 }
 
-/// Sets U' (`u_t`, N x Q) to the transpose of the ridge solution
-/// `(X'X + lambda I)^{-1} X'(Y - X Theta A)` with one Cholesky
-/// factorisation, then centres U's rows. Needs `work.gram` = X'X,
-/// `work.ytx` = Y'X and `work.fixed` = A'Theta' for the current X and Theta.
-/// Leaves in `work.solve` the pieces that the Gram route of the X-step needs.
-fn update_random_effects(x: &Dense, u_t: &mut Dense, work: &mut Workspace, lambda: f64) -> Result<()> {
-    let q = u_t.cols;
+/// Prepares the U-step: the ridge solution `U = (X'X + lambda I)^{-1}
+/// X'(Y - X Theta A)`, with its rows centred, is U' = Y'X M^-1' -
+/// A'Theta' (M^-1 X'X)' - 1 m' for M = X'X + lambda I and the row means m.
+/// Sets in `work.solve` the inverse M^-1 (by one Cholesky factorisation),
+/// (M^-1 X'X)' and -m, and in `work.fixed_coefficients` -Theta' (M^-1
+/// X'X)', for [`random_effects_and_scores`]. Needs `work.gram` = X'X and
+/// `work.theta_t` = Theta' for the current X and Theta.
+fn update_random_effects(x: &Dense, work: &mut Workspace, lambda: f64) -> Result<()> {
+    let q = x.cols;
     let solve = &mut work.solve;
     solve.ridge.copy_from(&work.gram);
     for i in 0..q {
         solve.ridge.data[i + q * i] += lambda;
     }
-    // With the Q x Q inverse M^-1 of the ridge matrix, U' = Y'X M^-1' -
-    // A'Theta' (M^-1 X'X)': two products of N x Q by Q x Q matrices, which
-    // cost less than triangular solves unit by unit.
+    // Products of N x Q by Q x Q matrices with the Q x Q inverse cost less
+    // than triangular solves unit by unit.
     Cholesky::new(&solve.ridge, "X'X + lambda I")?.inverse_into(&mut solve.inverse);
     product(&solve.inverse, &work.gram, &mut solve.inverse_gram);
     transpose_into(&solve.inverse, &mut solve.inverse_t);
     transpose_into(&solve.inverse_gram, &mut solve.inverse_gram_t);
     solve.inverse_gram_t.data.iter_mut().for_each(|v| *v = -*v);
+    product(&work.theta_t, &solve.inverse_gram_t, &mut work.fixed_coefficients);
     // The row means of the raw solution follow from those of Y'X (X'
-    // times Y's row means) and of A'Theta' (Theta times A's row means), so
-    // the centring costs no pass over U.
+    // times Y's row means) and of A' (A's row means), so the centring costs
+    // no pass over U.
     for (qq, mean) in solve.means.data.iter_mut().enumerate() {
         let from_data: f64 = (0..q).map(|r| dot(x.col(r), &work.y_mean) * solve.inverse_t.get(r, qq)).sum();
-        let from_fixed: f64 = (0..q).map(|r| dot(work.theta_t.col(r), &work.a_mean) * solve.inverse_gram_t.get(r, qq)).sum();
+        let from_fixed = dot(work.fixed_coefficients.col(qq), &work.a_mean);
         *mean = from_data + from_fixed;
     }
     for (offset, mean) in solve.offsets.iter_mut().zip(&solve.means.data) {
         *offset = -mean;
     }
-    let terms = [(&work.ytx, &solve.inverse_t), (&work.fixed, &solve.inverse_gram_t)];
-    tall_product(u_t, &terms, Some(&solve.offsets));
     Ok(())
 }
 
@@ -1532,17 +1576,20 @@ mod tests {
         cross_product(&x, &x, &mut work.gram);
         work.ytx = y_cross_x(&y, p, &x);
         let lambda = 0.7;
-        fixed_scores(&theta, &mut work);
+        transpose_into(&theta, &mut work.theta_t);
+        update_random_effects(&x, &mut work, lambda).unwrap();
         let mut u_t = Dense::zeros(n, q);
-        update_random_effects(&x, &mut u_t, &mut work, lambda).unwrap();
+        let negative = random_effects_and_scores(&mut u_t, &mut work);
         let u = transposed(&u_t);
+        let mut fixed = Dense::zeros(q, n);
+        product(&theta, &a, &mut fixed);
 
         // (X'X + lambda I) U_raw = X'(Y - X Theta A), and U is U_raw with its
         // row means removed, so (X'X + lambda I) U equals the right-hand side
         // minus its own row means.
         let mut rhs = transposed(&work.ytx);
         let mut gram_fixed = Dense::zeros(q, n);
-        product(&work.gram, &transposed(&work.fixed), &mut gram_fixed);
+        product(&work.gram, &fixed, &mut gram_fixed);
         for (r, g) in rhs.data.iter_mut().zip(&gram_fixed.data) {
             *r -= g;
         }
@@ -1559,6 +1606,19 @@ mod tests {
             }
             let u_mean = (0..n).map(|j| u.get(row, j)).sum::<f64>() / n as f64;
             assert!(u_mean.abs() < 1e-12);
+        }
+
+        // The X-step's scores B = max(Theta A + U, 0) and B B' come from
+        // the same pass.
+        let scores: Vec<f64> = fixed.data.iter().zip(&u.data).map(|(f, u)| f + u).collect();
+        assert_eq!(negative, scores.iter().filter(|&&s| s < 0.0).count());
+        let b = Dense::from_vec(q, n, scores.iter().map(|s| s.max(0.0)).collect());
+        let mut bbt = Dense::zeros(q, q);
+        gemm(&mut bbt, &b, false, &b, true, 1.0, false, Par::Seq);
+        for (actual, expected) in [(&transposed(&work.scores), &b), (&work.bbt, &bbt)] {
+            for (a, e) in actual.data.iter().zip(&expected.data) {
+                assert!((a - e).abs() < 1e-10 * (1.0 + e.abs()), "{a} vs {e}");
+            }
         }
     }
 
@@ -1627,20 +1687,27 @@ mod tests {
     #[test]
     fn residual_sum_of_squares_matches_direct_sum() {
         // Once with a large residual (the Gram identity) and once with Y
-        // almost equal to X U (RSS below 1e-4 ||Y||^2, the pass over Y).
+        // almost equal to X (Theta A + U) (RSS below 1e-4 ||Y||^2, the pass
+        // over Y).
         let (y, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
         let a = projection_covariates(n);
-        let mut nearly_fitted = residuals(&vec![0.0; p * n], &x, &u);
+        let theta = Dense::from_vec(q, 2, vec![0.4, 0.2, 0.1, 0.3, -0.2, 0.5]);
+        let mut scores = Dense::zeros(q, n);
+        product(&theta, &a, &mut scores);
+        scores.data.iter_mut().zip(&u.data).for_each(|(s, u)| *s += u);
+        let mut nearly_fitted = residuals(&vec![0.0; p * n], &x, &scores);
         nearly_fitted.data.iter_mut().enumerate().for_each(|(i, v)| *v = -*v + 1e-4 * ((i % 3) as f64 - 1.0));
         for y in [y, nearly_fitted.data] {
-            let direct = residuals(&y, &x, &u).squared_norm();
-            // Theta = 0, so the scores are U.
+            let direct = residuals(&y, &x, &scores).squared_norm();
             let mut work = workspace(&y, p, n, &a.data, q);
             cross_product(&x, &x, &mut work.gram);
             work.ytx = y_cross_x(&y, p, &x);
+            let u_t = transposed(&u);
+            unit_statistics(&u_t, &mut work);
+            cross_product(&x, &work.ya, &mut work.xya);
             let summary = DataSummary::new(&y, p);
-            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &transposed(&u), &mut work, 1);
+            let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &theta, &u_t, &mut work, 1);
             assert!((rss - direct).abs() < 1e-12 * direct, "{rss} vs {direct}");
         }
     }
@@ -1675,10 +1742,10 @@ mod tests {
         let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
         cross_product(&x, &x, &mut work.gram);
         work.ytx = y_cross_x(&y, p, &x);
-        fixed_scores(&theta, &mut work);
+        transpose_into(&theta, &mut work.theta_t);
+        update_random_effects(&x, &mut work, 0.5).unwrap();
         let mut u_t = Dense::zeros(n, q);
-        update_random_effects(&x, &mut u_t, &mut work, 0.5).unwrap();
-        let negative = positive_scores(&u_t, &mut work);
+        let negative = random_effects_and_scores(&mut u_t, &mut work);
         assert!(negative > 0, "the example needs negative scores");
         assert!((negative as f64) < GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64, "{negative} negative scores");
 
