@@ -40,6 +40,7 @@ macro_rules! with_avx2 {
         }
     };
 }
+pub(crate) use with_avx2;
 
 with_avx2!(
     /// Adds `scale * values` to `out`.

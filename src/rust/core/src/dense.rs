@@ -4,6 +4,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
+use crate::columns::with_avx2;
+
 /// Column-major matrix stored in a flat vector, as R stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dense {
@@ -168,17 +170,27 @@ pub fn safe_divide(numerator: f64, denominator: f64, floor: f64) -> f64 {
     }
 }
 
-/// Computes `out = left' * right` for column-major `left` (m x a) and `right` (m x b).
-pub fn cross_product(left: &Dense, right: &Dense, out: &mut Dense) {
+with_avx2!(
+    /// Computes `out = left' * right` for column-major `left` (m x a) and
+    /// `right` (m x b), each entry summed in four lanes.
+    cross_product, (left: &Dense, right: &Dense, out: &mut Dense) -> (), {
     debug_assert_eq!(left.rows, right.rows);
     for j in 0..right.cols {
         let r = right.col(j);
         for i in 0..left.cols {
             let l = left.col(i);
-            out.data[i + left.cols * j] = l.iter().zip(r).map(|(a, b)| a * b).sum();
+            let (left_chunks, right_chunks) = (l.chunks_exact(4), r.chunks_exact(4));
+            let tail: f64 = left_chunks.remainder().iter().zip(right_chunks.remainder()).map(|(a, b)| a * b).sum();
+            let mut lanes = [0.0f64; 4];
+            for (a, b) in left_chunks.zip(right_chunks) {
+                for lane in 0..4 {
+                    lanes[lane] += a[lane] * b[lane];
+                }
+            }
+            out.data[i + left.cols * j] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
         }
     }
-}
+});
 
 /// Computes `out = left * right'` for `left` (a x n) and `right` (b x n).
 pub fn outer_product_sum(left: &Dense, right: &Dense, out: &mut Dense) {
@@ -195,24 +207,25 @@ pub fn outer_product_sum(left: &Dense, right: &Dense, out: &mut Dense) {
     }
 }
 
-/// Computes `out = left * right` for small matrices (a x m times m x b).
-pub fn product(left: &Dense, right: &Dense, out: &mut Dense) {
+with_avx2!(
+    /// Computes `out = left * right` (a x m times m x b), a column of
+    /// `left` at a time.
+    product, (left: &Dense, right: &Dense, out: &mut Dense) -> (), {
     debug_assert_eq!(left.cols, right.rows);
-    out.data.iter_mut().for_each(|v| *v = 0.0);
+    let rows = left.rows;
     for j in 0..right.cols {
-        for m in 0..left.cols {
-            let scale = right.data[m + right.rows * j];
+        let o = &mut out.data[j * rows..(j + 1) * rows];
+        o.iter_mut().for_each(|v| *v = 0.0);
+        for (m, &scale) in right.col(j).iter().enumerate() {
             if scale == 0.0 {
                 continue;
             }
-            let l = left.col(m);
-            let o = &mut out.data[j * left.rows..(j + 1) * left.rows];
-            for (ov, lv) in o.iter_mut().zip(l) {
+            for (ov, lv) in o.iter_mut().zip(left.col(m)) {
                 *ov += lv * scale;
             }
         }
     }
-}
+});
 
 /// Waits for scoped worker threads on the calling thread, polling
 /// `interrupted` every 20 ms and setting `cancel` when it returns true, so

@@ -313,6 +313,9 @@ struct Workspace {
     row_max: Vec<f64>,
     /// One set per thread of [`project_data`].
     pass: Vec<PassBuffers>,
+    moments: Moments,
+    /// Column sums of X that the last normalisation divided by (Q).
+    scales: Vec<f64>,
     solve: RidgeSolve,
     /// P x Q and Q x Q temporaries of [`gram_route_product`].
     route_buffers: [Dense; 3],
@@ -322,6 +325,38 @@ struct Workspace {
     gram_ua: Dense,
     gram_theta: Dense,
     scores_outer: Dense,
+}
+
+/// Buffers of [`unit_moments_from_gram`].
+struct Moments {
+    /// Y Y' X (P x Q).
+    gx: Dense,
+    /// Y Z = [Y Y' X, Y A', Y 1] (P x (Q + K + 1)).
+    yz: Dense,
+    /// X' Y Z (Q x (Q + K + 1)).
+    xyz: Dense,
+    /// Z'Z ((Q + K + 1) x (Q + K + 1)).
+    ztz: Dense,
+    /// The U-step's coefficients C, with U' = Z C ((Q + K + 1) x Q).
+    c: Dense,
+    ztz_c: Dense,
+    /// Y U' (P x Q).
+    yu: Dense,
+}
+
+impl Moments {
+    fn new(p: usize, q: usize, k: usize) -> Self {
+        let m = q + k + 1;
+        Moments {
+            gx: Dense::zeros(p, q),
+            yz: Dense::zeros(p, m),
+            xyz: Dense::zeros(q, m),
+            ztz: Dense::zeros(m, m),
+            c: Dense::zeros(m, q),
+            ztz_c: Dense::zeros(m, q),
+            yu: Dense::zeros(p, q),
+        }
+    }
 }
 
 /// Buffers of one thread's share of [`project_data`].
@@ -373,6 +408,8 @@ impl Workspace {
             x_rows: Dense::zeros(q, p),
             row_max: vec![0.0; p],
             pass: Vec::new(),
+            moments: Moments::new(p, q, k),
+            scales: vec![1.0; q],
             solve: RidgeSolve::new(q),
             route_buffers: [Dense::zeros(p, q), Dense::zeros(p, q), Dense::zeros(p, q)],
             route_complement: Dense::zeros(q, q),
@@ -580,6 +617,8 @@ fn block_columns(p: usize) -> usize {
 struct GramRoute {
     /// max(Y, 0) Y' (P x P).
     g: Dense,
+    /// Y Y' (P x P) when Y has negative entries; otherwise it equals `g`.
+    g_raw: Option<Dense>,
     /// max(Y, 0) A' (P x K).
     ypa: Dense,
     /// Row sums of max(Y, 0) (P x 1).
@@ -599,13 +638,18 @@ impl GramRoute {
         let y_pos = MatRef::from_column_major_slice(y_positive, p, n);
         let mut g = Dense::zeros(p, p);
         matmul(g.as_mut(), Accum::Replace, y_pos, data.y_ref().transpose(), 1.0, par_for(threads));
+        let g_raw = (y_positive != data.y).then(|| {
+            let mut g_raw = Dense::zeros(p, p);
+            matmul(g_raw.as_mut(), Accum::Replace, data.y_ref(), data.y_ref().transpose(), 1.0, par_for(threads));
+            g_raw
+        });
         let mut ypa = Dense::zeros(p, data.k);
         matmul(ypa.as_mut(), Accum::Replace, y_pos, a.as_ref().transpose(), 1.0, Par::Seq);
         let ypsum = Dense::from_vec(p, 1, y_positive.chunks_exact(p).fold(vec![0.0; p], |mut sum, column| {
             sum.iter_mut().zip(column).for_each(|(s, v)| *s += v);
             sum
         }));
-        Some(GramRoute { g, ypa, ypsum })
+        Some(GramRoute { g, g_raw, ypa, ypsum })
     }
 }
 
@@ -722,6 +766,97 @@ fn random_effects_and_scores(u_t: &mut Dense, work: &mut Workspace) -> usize {
     });
     mirror_upper(&mut work.bbt);
     negative
+}
+
+/// Sets `work.uu = U U'`, `work.ua = U A'` and `work.yu = Y U'` for the U
+/// that [`random_effects_and_scores`] just formed from `x` (the X of the
+/// U-step), without a pass over the units.
+///
+/// U' = Z C for Z = [Y'X, A', 1] (N x (Q + K + 1)) and C the U-step's
+/// coefficients, so U U' = C' (Z'Z) C, U A' = C' Z'A' and Y U' = (Y Z) C.
+/// Z'Z is assembled from X'(Y Y')X, X'(Y A'), A A' and the row sums of Y
+/// and A, all of them at most P x P.
+fn unit_moments_from_gram(route: &GramRoute, x: &Dense, work: &mut Workspace) {
+    let (p, q, k, n) = (x.rows, x.cols, work.a_t.cols, work.a_t.rows);
+    let m = q + k + 1;
+    let units = n as f64;
+    let moments = &mut work.moments;
+
+    // Y Z = [Y Y' X, Y A', Y 1] (P x m) and Z'Z = [X' Y Z; A Z; 1' Z].
+    product(route.g_raw.as_ref().unwrap_or(&route.g), x, &mut moments.gx);
+    for (column, values) in moments.yz.data.chunks_exact_mut(p).enumerate() {
+        let source = match column {
+            c if c < q => moments.gx.col(c),
+            c if c < q + k => work.ya.col(c - q),
+            _ => &work.y_mean[..],
+        };
+        let scale = if column == m - 1 { units } else { 1.0 };
+        values.iter_mut().zip(source).for_each(|(v, s)| *v = scale * s);
+    }
+    cross_product(x, &moments.yz, &mut moments.xyz);
+    for j in 0..m {
+        for i in 0..m {
+            let value = if i < q {
+                moments.xyz.get(i, j)
+            } else if j < q {
+                moments.xyz.get(j, i)
+            } else {
+                // The block of [A', 1]: A A', A 1 = N mean(A) and 1'1 = N.
+                match (i - q < k, j - q < k) {
+                    (true, true) => work.aat.get(i - q, j - q),
+                    (true, false) => units * work.a_mean[i - q],
+                    (false, true) => units * work.a_mean[j - q],
+                    (false, false) => units,
+                }
+            };
+            moments.ztz.set(i, j, value);
+        }
+    }
+
+    // C = [M^-1'; -Theta'(M^-1 X'X)'; -m'].
+    for qq in 0..q {
+        for r in 0..q {
+            moments.c.set(r, qq, work.solve.inverse_t.get(r, qq));
+        }
+        for kk in 0..k {
+            moments.c.set(q + kk, qq, work.fixed_coefficients.get(kk, qq));
+        }
+        moments.c.set(m - 1, qq, work.solve.offsets[qq]);
+    }
+    product(&moments.ztz, &moments.c, &mut moments.ztz_c);
+    cross_product(&moments.c, &moments.ztz_c, &mut work.uu);
+    for kk in 0..k {
+        for qq in 0..q {
+            let value: f64 = (0..m).map(|r| moments.c.get(r, qq) * moments.ztz.get(r, q + kk)).sum();
+            work.ua.set(qq, kk, value);
+        }
+    }
+    product(&moments.yz, &moments.c, &mut moments.yu);
+}
+
+/// Rescales the moments of [`unit_moments_from_gram`] to U's rows after
+/// [`normalise_transposed`] multiplied them by `work.scales`, and sets
+/// `work.xty_u = <X'Y, U> = <X, Y U'>` for the normalised X.
+fn rescale_unit_moments(x: &Dense, work: &mut Workspace) {
+    let q = x.cols;
+    let scales = &work.scales;
+    for j in 0..q {
+        for i in 0..q {
+            let value = work.uu.get(i, j) * scales[i] * scales[j];
+            work.uu.set(i, j, value);
+        }
+    }
+    for kk in 0..work.ua.cols {
+        for i in 0..q {
+            let value = work.ua.get(i, kk) * scales[i];
+            work.ua.set(i, kk, value);
+        }
+    }
+    let p = x.rows;
+    for (j, column) in work.moments.yu.data.chunks_exact_mut(p).enumerate() {
+        column.iter_mut().for_each(|v| *v *= scales[j]);
+    }
+    work.xty_u = dot(&x.data, &work.moments.yu.data);
 }
 
 /// Sets `work.ua = U A'`, `work.uu = U U'` and `work.xty_u = <X'Y, U>` in
@@ -1147,6 +1282,11 @@ pub(crate) fn fit_from(
         transpose_into(&state.theta, &mut work.theta_t);
         update_random_effects(&state.x, &mut work, lambda)?;
         let negative = random_effects_and_scores(&mut u_t, &mut work);
+        // With the Gram route, U U', U A' and <X'Y, U> need no pass over the
+        // units either.
+        if let Some(route) = &gram_route {
+            unit_moments_from_gram(route, &state.x, &mut work);
+        }
 
         // X-step: Lee-Seung update against the positive part of the scores.
         // Its numerator max(Y, 0) B' comes from fixed Gram matrices while
@@ -1161,7 +1301,7 @@ pub(crate) fn fit_from(
         for ((xv, num), den) in state.x.data.iter_mut().zip(&work.ybt.data).zip(&work.x_denominator.data) {
             *xv = (*xv * safe_divide(*num, *den, EPS)).max(EPS);
         }
-        normalise_transposed(&mut state.x, &mut state.theta, &mut u_t);
+        normalise_transposed(&mut state.x, &mut state.theta, &mut u_t, &mut work.scales);
 
         // Theta-step against the data with the random effects removed,
         // W = Y - X U: the non-negative update uses max(W, 0), the sign-free
@@ -1172,7 +1312,11 @@ pub(crate) fn fit_from(
         cross_product(&state.x, &state.x, &mut work.gram);
         let positive_part = options.theta_mode == ThetaMode::NonNegative;
         project_data(data.y, &summary, &state.x, &u_t, &a, positive_part, &mut work, threads);
-        unit_statistics(&u_t, &mut work);
+        if gram_route.is_some() {
+            rescale_unit_moments(&state.x, &mut work);
+        } else {
+            unit_statistics(&u_t, &mut work);
+        }
         cross_product(&state.x, &work.ya, &mut work.xya);
         work.numerator.copy_from(&work.xya);
         product(&work.gram, &work.ua, &mut work.gram_ua);
@@ -1193,16 +1337,9 @@ pub(crate) fn fit_from(
             }
         }
 
-        // X's bases are its columns, Theta's its rows.
-        kkt_x = fixed_point_residual(&x_before, &state.x, true);
-        kkt_theta = match options.theta_mode {
-            ThetaMode::NonNegative => fixed_point_residual(&theta_before, &state.theta, false),
-            ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
-        };
-
         // Residuals at the new parameters.
         rss = residual_sum_of_squares(data.y, summary.squared_norm, &state.x, &state.theta, &u_t, &mut work, threads);
-        let u_squared_norm: f64 = (0..q).map(|i| work.uu.get(i, i)).sum();
+        let u_squared_norm: f64 = (0..q).map(|i| work.uu.get(i, i).max(0.0)).sum();
 
         // Variance components: sigma2 on a slow schedule, tau2 only without
         // the cap. Polishing either keeps them, so that the fit is the
@@ -1247,8 +1384,21 @@ pub(crate) fn fit_from(
         }
         let previous = objective.last().copied();
         objective.push(value);
-        let Some(previous) = previous else { continue };
-        let small_change = (previous - value).abs() / (previous.abs() + EPS) < options.epsilon;
+        let small_change =
+            previous.is_some_and(|previous| (previous - value).abs() / (previous.abs() + EPS) < options.epsilon);
+        // The fixed-point residuals serve the polishing phase and the
+        // report of the last iteration, which may be this one.
+        if polishing || small_change || iteration == options.maxit {
+            // X's bases are its columns, Theta's its rows.
+            kkt_x = fixed_point_residual(&x_before, &state.x, true);
+            kkt_theta = match options.theta_mode {
+                ThetaMode::NonNegative => fixed_point_residual(&theta_before, &state.theta, false),
+                ThetaMode::Free => largest_row_scaled_change(&theta_before, &state.theta),
+            };
+        }
+        if previous.is_none() {
+            continue;
+        }
         if !polishing {
             if small_change {
                 paper_iterations = iteration;
@@ -1270,7 +1420,7 @@ pub(crate) fn fit_from(
                 let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
                 if moved {
                     // The next U-step needs Y'X for the new X.
-                    normalise_transposed(&mut state.x, &mut state.theta, &mut u_t);
+                    normalise_transposed(&mut state.x, &mut state.theta, &mut u_t, &mut work.scales);
                     project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
                 }
             }
@@ -1464,14 +1614,17 @@ fn largest_row_scaled_change(before: &Dense, after: &Dense) -> f64 {
 }
 
 /// Rescales X to unit column sums and moves the scale into Theta's rows and
-/// the columns of U' (`u_t`), as [`normalise`] does for U.
-fn normalise_transposed(x: &mut Dense, theta: &mut Dense, u_t: &mut Dense) {
+/// the columns of U' (`u_t`), as [`normalise`] does for U; sets `scales`
+/// to the factors (1 where a column sum is not positive).
+fn normalise_transposed(x: &mut Dense, theta: &mut Dense, u_t: &mut Dense, scales: &mut [f64]) {
     let (p, n) = (x.rows, u_t.rows);
     for q in 0..x.cols {
         let sum: f64 = x.col(q).iter().sum();
+        scales[q] = 1.0;
         if !(sum > 0.0 && sum.is_finite()) {
             continue;
         }
+        scales[q] = sum;
         x.data[q * p..(q + 1) * p].iter_mut().for_each(|v| *v /= sum);
         for k in 0..theta.cols {
             let value = theta.get(q, k) * sum;
@@ -1710,6 +1863,49 @@ mod tests {
             let rss = residual_sum_of_squares(&y, summary.squared_norm, &x, &theta, &u_t, &mut work, 1);
             assert!((rss - direct).abs() < 1e-12 * direct, "{rss} vs {direct}");
         }
+    }
+
+    #[test]
+    fn unit_moments_from_gram_match_the_pass_over_units() {
+        // U U', U A' and <X'Y, U> after a U-step and a normalisation that
+        // rescales U's rows, from the Gram matrices and by inner products
+        // over the units, on data with negative cells (Y Y' differs from
+        // max(Y, 0) Y').
+        let (y, x, _) = projection_example();
+        let (p, n, q) = (x.rows, 600, x.cols);
+        let a = projection_covariates(n);
+        let data = Data::new(&y, p, n, &a.data, 2).unwrap();
+        let y_positive = data.y_positive();
+        let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
+        assert!(route.g_raw.is_some());
+        let mut work = Workspace::new(&data, q);
+        let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
+        cross_product(&x, &x, &mut work.gram);
+        work.ytx = y_cross_x(&y, p, &x);
+        transpose_into(&theta, &mut work.theta_t);
+        update_random_effects(&x, &mut work, 0.5).unwrap();
+        let mut u_t = Dense::zeros(n, q);
+        random_effects_and_scores(&mut u_t, &mut work);
+        unit_moments_from_gram(&route, &x, &mut work);
+
+        // Rescale X's columns as the X-step's normalisation does.
+        let mut x_new = x.clone();
+        x_new.data.iter_mut().enumerate().for_each(|(i, v)| *v *= 1.5 + (i % 5) as f64 * 0.1);
+        let mut theta_new = theta.clone();
+        normalise_transposed(&mut x_new, &mut theta_new, &mut u_t, &mut work.scales);
+        assert!(work.scales.iter().all(|&s| (s - 1.0).abs() > 0.1));
+        work.ytx = y_cross_x(&y, p, &x_new);
+        rescale_unit_moments(&x_new, &mut work);
+        let (uu, ua, xty_u) = (work.uu.clone(), work.ua.clone(), work.xty_u);
+
+        unit_statistics(&u_t, &mut work);
+        for (actual, expected) in [(&uu, &work.uu), (&ua, &work.ua)] {
+            let scale = expected.data.iter().fold(0.0f64, |high, v| high.max(v.abs()));
+            for (a, e) in actual.data.iter().zip(&expected.data) {
+                assert!((a - e).abs() < 1e-11 * scale, "{a} vs {e}");
+            }
+        }
+        assert!((xty_u - work.xty_u).abs() < 1e-11 * work.xty_u.abs(), "{xty_u} vs {}", work.xty_u);
     }
 
     #[test]
