@@ -208,21 +208,37 @@ pub fn outer_product_sum(left: &Dense, right: &Dense, out: &mut Dense) {
 }
 
 with_avx2!(
-    /// Computes `out = left * right` (a x m times m x b), a column of
-    /// `left` at a time.
+    /// Computes `out = left * right` (a x m times m x b). Each block of up
+    /// to eight rows of an output column is summed in registers over the m
+    /// columns of `left`, in order, and written once.
     product, (left: &Dense, right: &Dense, out: &mut Dense) -> (), {
+    #[inline(always)]
+    fn rows<const WIDTH: usize>(left: &Dense, right: &[f64], out: &mut [f64], first: usize) {
+        let mut sums = [0.0f64; WIDTH];
+        for (m, &scale) in right.iter().enumerate() {
+            let values = &left.data[m * left.rows + first..m * left.rows + first + WIDTH];
+            for (sum, v) in sums.iter_mut().zip(values) {
+                *sum += v * scale;
+            }
+        }
+        out[first..first + WIDTH].copy_from_slice(&sums);
+    }
     debug_assert_eq!(left.cols, right.rows);
-    let rows = left.rows;
+    let height = left.rows;
     for j in 0..right.cols {
-        let o = &mut out.data[j * rows..(j + 1) * rows];
-        o.iter_mut().for_each(|v| *v = 0.0);
-        for (m, &scale) in right.col(j).iter().enumerate() {
-            if scale == 0.0 {
-                continue;
-            }
-            for (ov, lv) in o.iter_mut().zip(left.col(m)) {
-                *ov += lv * scale;
-            }
+        let (column, o) = (right.col(j), &mut out.data[j * height..(j + 1) * height]);
+        let mut first = 0;
+        while first + 8 <= height {
+            rows::<8>(left, column, o, first);
+            first += 8;
+        }
+        while first + 4 <= height {
+            rows::<4>(left, column, o, first);
+            first += 4;
+        }
+        while first < height {
+            rows::<1>(left, column, o, first);
+            first += 1;
         }
     }
 });

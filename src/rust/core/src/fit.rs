@@ -313,6 +313,10 @@ struct Workspace {
     row_max: Vec<f64>,
     /// One set per thread of [`project_data`].
     pass: Vec<PassBuffers>,
+    /// Y' (N x P), kept when Y is small (see `SMALL_DATA_CELLS`), and the
+    /// buffers of [`project_data`] on that path.
+    y_t: Option<Dense>,
+    pass_small: Option<PassBuffers>,
     moments: Moments,
     /// Column sums of X that the last normalisation divided by (Q).
     scales: Vec<f64>,
@@ -358,6 +362,11 @@ impl Moments {
         }
     }
 }
+
+/// Largest Y (in cells) for which the loop keeps a copy of Y' and forms Y'X
+/// from it: below this size a product's set-up costs more than the
+/// arithmetic.
+const SMALL_DATA_CELLS: usize = 1 << 16;
 
 /// Buffers of one thread's share of [`project_data`].
 struct PassBuffers {
@@ -408,6 +417,8 @@ impl Workspace {
             x_rows: Dense::zeros(q, p),
             row_max: vec![0.0; p],
             pass: Vec::new(),
+            y_t: (p * n <= SMALL_DATA_CELLS).then(|| transposed(&Dense::from_vec(p, n, data.y.to_vec()))),
+            pass_small: None,
             moments: Moments::new(p, q, k),
             scales: vec![1.0; q],
             solve: RidgeSolve::new(q),
@@ -690,8 +701,9 @@ impl RidgeSolve {
 /// Sets `work.ybt = max(Y, 0) B'` from the Gram route (see [`GramRoute`]),
 /// for the scores B = max(Theta A + U, 0) of `work.scores`, which
 /// [`positive_scores`] set with `negative` negative entries. X and Theta are
-/// those of the U-step that left `work.solve`. Returns false, leaving
-/// `work.ybt` unset, when there are too many negative scores.
+/// those of the U-step that left `work.solve`, and [`unit_moments_from_gram`]
+/// must have run for them. Returns false, leaving `work.ybt` unset, when
+/// there are too many negative scores.
 fn gram_route_product(
     route: &GramRoute,
     y_positive: &[f64],
@@ -706,9 +718,16 @@ fn gram_route_product(
     }
     let solve = &work.solve;
     let [gx, ypa_theta, fixed_part] = &mut work.route_buffers;
-    // G X M^-1.
-    product(&route.g, x, gx);
-    product(gx, &solve.inverse_t, &mut work.ybt);
+    // G X M^-1; when Y has no negative entry, G X is the Y Y' X of the
+    // moments.
+    let g_x = match route.g_raw {
+        Some(_) => {
+            product(&route.g, x, gx);
+            &*gx
+        }
+        None => &work.moments.gx,
+    };
+    product(g_x, &solve.inverse_t, &mut work.ybt);
     // + Y+A' Theta' (I - (M^-1 X'X)').
     let complement = &mut work.route_complement;
     for (i, (value, negated)) in complement.data.iter_mut().zip(&solve.inverse_gram_t.data).enumerate() {
@@ -915,6 +934,24 @@ fn project_data(
     let bounds = Bounds { x_rows: &work.x_rows.data, row_max: &work.row_max };
     let bound = &work.bound;
 
+    let check = UnitCheck { y, summary, u_t, a, bound, bounds: &bounds };
+
+    // Small data: Y'X from Y' kept for the fit, as Q combinations of its P
+    // columns, which costs less than setting up a product.
+    if let Some(y_t) = &work.y_t {
+        let PassBuffers { correction, u_column, projected, .. } = work.pass_small.get_or_insert_with(|| PassBuffers::new(q, k, 0));
+        for qq in 0..q {
+            let output = &mut work.ytx.data[qq * n..(qq + 1) * n];
+            combine_rows(output, n, &[(&y_t.data[..], x.col(qq))], 0.0, 0..n);
+        }
+        correction.data.iter_mut().for_each(|v| *v = 0.0);
+        if positive_part {
+            check.correct_units(0..n, correction, u_column, projected);
+        }
+        work.correction.copy_from(correction);
+        return;
+    }
+
     // Each range of units gets its rows of every column of Y'X, and its
     // own buffers.
     let ranges = column_chunks(n, threads, 2 * p * q);
@@ -947,18 +984,8 @@ fn project_data(
                 let values = xty[qq..q * width].iter().step_by(q);
                 output[local..local + width].iter_mut().zip(values).for_each(|(o, v)| *o = *v);
             }
-            for column in (start..end).filter(|&column| positive_part && summary.column_min[column] < bound[column]) {
-                for (qq, value) in u_column.iter_mut().enumerate() {
-                    *value = u_t.data[qq * n + column];
-                }
-                projected.iter_mut().for_each(|v| *v = 0.0);
-                let y_column = &y[column * p..(column + 1) * p];
-                let rows = summary.smallest_rows(column);
-                correct_column(y_column, rows, bound[column], u_column, &bounds, projected);
-                for (kk, &covariate) in a.col(column).iter().enumerate() {
-                    let out = &mut correction.data[kk * q..(kk + 1) * q];
-                    out.iter_mut().zip(projected.iter()).for_each(|(o, v)| *o += v * covariate);
-                }
+            if positive_part {
+                check.correct_units(start..end, correction, u_column, projected);
             }
             start = end;
         }
@@ -968,6 +995,47 @@ fn project_data(
     work.correction.data.iter_mut().for_each(|v| *v = 0.0);
     for correction in corrections {
         work.correction.data.iter_mut().zip(&correction.data).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// What [`UnitCheck::correct_units`] reads: the data, the random effects
+/// and the bounds of this iteration.
+struct UnitCheck<'a> {
+    y: &'a [f64],
+    summary: &'a DataSummary,
+    u_t: &'a Dense,
+    a: &'a Dense,
+    /// Upper bound on the entries of X u_n, unit by unit.
+    bound: &'a [f64],
+    bounds: &'a Bounds<'a>,
+}
+
+impl UnitCheck<'_> {
+    /// Adds to `correction` (Q x K) the part `X' delta_n a_n'` of the
+    /// positive-part correction from the units in `columns` (see
+    /// [`correct_column`]); units whose smallest entry of Y is at least the
+    /// bound on X u_n contribute nothing and are skipped.
+    fn correct_units(
+        &self,
+        columns: std::ops::Range<usize>,
+        correction: &mut Dense,
+        u_column: &mut [f64],
+        projected: &mut [f64],
+    ) {
+        let (n, q, p) = (self.u_t.rows, self.u_t.cols, self.bounds.row_max.len());
+        for column in columns.filter(|&column| self.summary.column_min[column] < self.bound[column]) {
+            for (qq, value) in u_column.iter_mut().enumerate() {
+                *value = self.u_t.data[qq * n + column];
+            }
+            projected.iter_mut().for_each(|v| *v = 0.0);
+            let y_column = &self.y[column * p..(column + 1) * p];
+            let rows = self.summary.smallest_rows(column);
+            correct_column(y_column, rows, self.bound[column], u_column, self.bounds, projected);
+            for (kk, &covariate) in self.a.col(column).iter().enumerate() {
+                let out = &mut correction.data[kk * q..(kk + 1) * q];
+                out.iter_mut().zip(projected.iter()).for_each(|(o, v)| *o += v * covariate);
+            }
+        }
     }
 }
 
@@ -1824,8 +1892,14 @@ mod tests {
 
         let summary = DataSummary::new(&y, p);
         let u_t = transposed(&u);
-        for threads in [1, 2] {
+        // Y is small enough that Y'X comes from a copy of Y'; without that
+        // copy, from products on one or two threads.
+        for (threads, keep_transpose) in [(1, true), (1, false), (2, false)] {
             let mut work = workspace(&y, p, n, &a.data, q);
+            assert!(work.y_t.is_some());
+            if !keep_transpose {
+                work.y_t = None;
+            }
             project_data(&y, &summary, &x, &u_t, &a, true, &mut work, threads);
             for (actual, expected) in [(&work.ytx, &expected_ytx), (&work.correction, &expected_correction)] {
                 for (a, e) in actual.data.iter().zip(&expected.data) {
@@ -1926,35 +2000,42 @@ mod tests {
     #[test]
     fn gram_route_matches_the_pass_over_y() {
         // max(Y, 0) B' for B = max(Theta A + U, 0) after a U-step, from the
-        // fixed Gram matrices and from a pass over Y, on data with negative
-        // cells and with scores of both signs.
-        let (y, x, _) = projection_example();
+        // fixed Gram matrices and from a pass over Y, with scores of both
+        // signs: once on data with negative cells, once on |Y|, where G X is
+        // shared with the moments.
+        let (y_signed, x, _) = projection_example();
         let (p, n, q) = (x.rows, 600, x.cols);
         let a = projection_covariates(n);
-        let data = Data::new(&y, p, n, &a.data, 2).unwrap();
-        let y_positive = data.y_positive();
-        let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
-        let mut work = Workspace::new(&data, q);
-        let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
-        cross_product(&x, &x, &mut work.gram);
-        work.ytx = y_cross_x(&y, p, &x);
-        transpose_into(&theta, &mut work.theta_t);
-        update_random_effects(&x, &mut work, 0.5).unwrap();
-        let mut u_t = Dense::zeros(n, q);
-        let negative = random_effects_and_scores(&mut u_t, &mut work);
-        assert!(negative > 0, "the example needs negative scores");
-        assert!((negative as f64) < GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64, "{negative} negative scores");
+        let y_absolute: Vec<f64> = y_signed.iter().map(|v| v.abs()).collect();
+        for y in [y_signed, y_absolute] {
+            let data = Data::new(&y, p, n, &a.data, 2).unwrap();
+            let y_positive = data.y_positive();
+            let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
+            assert_eq!(route.g_raw.is_some(), y.iter().any(|&v| v < 0.0));
+            let mut work = Workspace::new(&data, q);
+            let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
+            cross_product(&x, &x, &mut work.gram);
+            work.ytx = y_cross_x(&y, p, &x);
+            transpose_into(&theta, &mut work.theta_t);
+            update_random_effects(&x, &mut work, 0.5).unwrap();
+            let mut u_t = Dense::zeros(n, q);
+            let negative = random_effects_and_scores(&mut u_t, &mut work);
+            unit_moments_from_gram(&route, &x, &mut work);
+            assert!(negative > 0, "the example needs negative scores");
+            let limit = GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64;
+            assert!((negative as f64) < limit, "{negative} negative scores");
 
-        let mut expected = Dense::zeros(p, q);
-        product_with_scores(&y_positive, &work.scores, &mut expected, 1);
-        assert!(gram_route_product(&route, &y_positive, &x, &u_t, negative, &mut work));
-        let scale = expected.data.iter().fold(0.0f64, |high, v| high.max(v.abs()));
-        for (a, e) in work.ybt.data.iter().zip(&expected.data) {
-            assert!((a - e).abs() < 1e-12 * scale, "{a} vs {e}");
+            let mut expected = Dense::zeros(p, q);
+            product_with_scores(&y_positive, &work.scores, &mut expected, 1);
+            assert!(gram_route_product(&route, &y_positive, &x, &u_t, negative, &mut work));
+            let scale = expected.data.iter().fold(0.0f64, |high, v| high.max(v.abs()));
+            for (a, e) in work.ybt.data.iter().zip(&expected.data) {
+                assert!((a - e).abs() < 1e-12 * scale, "{a} vs {e}");
+            }
+            // Past the share of negative scores the route declines.
+            let too_many = limit as usize + 1;
+            assert!(!gram_route_product(&route, &y_positive, &x, &u_t, too_many, &mut work));
         }
-        // Past the share of negative scores the route declines.
-        let too_many = (GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64) as usize + 1;
-        assert!(!gram_route_product(&route, &y_positive, &x, &u_t, too_many, &mut work));
     }
 
     #[test]
