@@ -313,6 +313,8 @@ struct Workspace {
     row_max: Vec<f64>,
     /// One set per thread of [`project_data`].
     pass: Vec<PassBuffers>,
+    /// The sum of their `by_row` copies (P x K).
+    by_row_sum: Dense,
     /// Y' (N x P), kept when Y is small (see `SMALL_DATA_CELLS`), and the
     /// buffers of [`project_data`] on that path.
     y_t: Option<Dense>,
@@ -368,19 +370,25 @@ impl Moments {
 /// arithmetic.
 const SMALL_DATA_CELLS: usize = 1 << 16;
 
+/// Copies of the row sums in [`PassBuffers`]: consecutive units add to
+/// different copies, so that additions to the same row do not wait on each
+/// other.
+const BY_ROW_COPIES: usize = 4;
+
 /// Buffers of one thread's share of [`project_data`].
 struct PassBuffers {
     /// X'Y for a block of units (Q x block).
     xty: Vec<f64>,
-    /// This share's part of `Workspace::correction` (Q x K).
-    correction: Dense,
+    /// This share's sums of delta_pn a_n' over its units (P x K), one for
+    /// each of `BY_ROW_COPIES` residues of n, which X' turns into its part
+    /// of `Workspace::correction`.
+    by_row: Dense,
     u_column: Vec<f64>,
-    projected: Vec<f64>,
 }
 
 impl PassBuffers {
-    fn new(q: usize, k: usize, block: usize) -> Self {
-        PassBuffers { xty: vec![0.0; q * block], correction: Dense::zeros(q, k), u_column: vec![0.0; q], projected: vec![0.0; q] }
+    fn new(p: usize, q: usize, k: usize, block: usize) -> Self {
+        PassBuffers { xty: vec![0.0; q * block], by_row: Dense::zeros(p, BY_ROW_COPIES * k), u_column: vec![0.0; q] }
     }
 }
 
@@ -417,6 +425,7 @@ impl Workspace {
             x_rows: Dense::zeros(q, p),
             row_max: vec![0.0; p],
             pass: Vec::new(),
+            by_row_sum: Dense::zeros(p, k),
             y_t: (p * n <= SMALL_DATA_CELLS).then(|| transposed(&Dense::from_vec(p, n, data.y.to_vec()))),
             pass_small: None,
             moments: Moments::new(p, q, k),
@@ -939,16 +948,18 @@ fn project_data(
     // Small data: Y'X from Y' kept for the fit, as Q combinations of its P
     // columns, which costs less than setting up a product.
     if let Some(y_t) = &work.y_t {
-        let PassBuffers { correction, u_column, projected, .. } = work.pass_small.get_or_insert_with(|| PassBuffers::new(q, k, 0));
+        let PassBuffers { by_row, u_column, .. } = work.pass_small.get_or_insert_with(|| PassBuffers::new(p, q, k, 0));
         for qq in 0..q {
             let output = &mut work.ytx.data[qq * n..(qq + 1) * n];
             combine_rows(output, n, &[(&y_t.data[..], x.col(qq))], 0.0, 0..n);
         }
-        correction.data.iter_mut().for_each(|v| *v = 0.0);
+        by_row.data.iter_mut().for_each(|v| *v = 0.0);
         if positive_part {
-            check.correct_units(0..n, correction, u_column, projected);
+            check.correct_units(0..n, by_row, u_column);
         }
-        work.correction.copy_from(correction);
+        work.by_row_sum.data.iter_mut().for_each(|v| *v = 0.0);
+        add_copies(by_row, &mut work.by_row_sum);
+        cross_product(x, &work.by_row_sum, &mut work.correction);
         return;
     }
 
@@ -956,7 +967,7 @@ fn project_data(
     // own buffers.
     let ranges = column_chunks(n, threads, 2 * p * q);
     if work.pass.len() < ranges.len() {
-        work.pass.resize_with(ranges.len(), || PassBuffers::new(q, k, block));
+        work.pass.resize_with(ranges.len(), || PassBuffers::new(p, q, k, block));
     }
     let mut inputs: Vec<(Vec<&mut [f64]>, &mut PassBuffers)> =
         work.pass.iter_mut().take(ranges.len()).map(|buffers| (Vec::with_capacity(q), buffers)).collect();
@@ -969,8 +980,8 @@ fn project_data(
         }
     }
     for_ranges_with(ranges, inputs, |columns, (mut outputs, buffers)| {
-        let PassBuffers { xty, correction, u_column, projected } = buffers;
-        correction.data.iter_mut().for_each(|v| *v = 0.0);
+        let PassBuffers { xty, by_row, u_column } = buffers;
+        by_row.data.iter_mut().for_each(|v| *v = 0.0);
         let mut start = columns.start;
         while start < columns.end {
             let (end, local) = ((start + block).min(columns.end), start - columns.start);
@@ -985,16 +996,23 @@ fn project_data(
                 output[local..local + width].iter_mut().zip(values).for_each(|(o, v)| *o = *v);
             }
             if positive_part {
-                check.correct_units(start..end, correction, u_column, projected);
+                check.correct_units(start..end, by_row, u_column);
             }
             start = end;
         }
     });
     let used = column_chunks(n, threads, 2 * p * q).len();
-    let corrections = work.pass.iter().take(used).map(|buffers| &buffers.correction);
-    work.correction.data.iter_mut().for_each(|v| *v = 0.0);
-    for correction in corrections {
-        work.correction.data.iter_mut().zip(&correction.data).for_each(|(o, v)| *o += v);
+    work.by_row_sum.data.iter_mut().for_each(|v| *v = 0.0);
+    for buffers in work.pass.iter().take(used) {
+        add_copies(&buffers.by_row, &mut work.by_row_sum);
+    }
+    cross_product(x, &work.by_row_sum, &mut work.correction);
+}
+
+/// Adds every copy in a [`PassBuffers::by_row`] to `sum` (P x K).
+fn add_copies(by_row: &Dense, sum: &mut Dense) {
+    for copy in by_row.data.chunks_exact(sum.data.len()) {
+        sum.data.iter_mut().zip(copy).for_each(|(o, v)| *o += v);
     }
 }
 
@@ -1011,30 +1029,21 @@ struct UnitCheck<'a> {
 }
 
 impl UnitCheck<'_> {
-    /// Adds to `correction` (Q x K) the part `X' delta_n a_n'` of the
+    /// Adds to `by_row` (P x K) the rows `delta_n a_n'` of the
     /// positive-part correction from the units in `columns` (see
     /// [`correct_column`]); units whose smallest entry of Y is at least the
     /// bound on X u_n contribute nothing and are skipped.
-    fn correct_units(
-        &self,
-        columns: std::ops::Range<usize>,
-        correction: &mut Dense,
-        u_column: &mut [f64],
-        projected: &mut [f64],
-    ) {
-        let (n, q, p) = (self.u_t.rows, self.u_t.cols, self.bounds.row_max.len());
+    fn correct_units(&self, columns: std::ops::Range<usize>, by_row: &mut Dense, u_column: &mut [f64]) {
+        let (n, k, p) = (self.u_t.rows, self.a.rows, self.bounds.row_max.len());
         for column in columns.filter(|&column| self.summary.column_min[column] < self.bound[column]) {
             for (qq, value) in u_column.iter_mut().enumerate() {
                 *value = self.u_t.data[qq * n + column];
             }
-            projected.iter_mut().for_each(|v| *v = 0.0);
             let y_column = &self.y[column * p..(column + 1) * p];
             let rows = self.summary.smallest_rows(column);
-            correct_column(y_column, rows, self.bound[column], u_column, self.bounds, projected);
-            for (kk, &covariate) in self.a.col(column).iter().enumerate() {
-                let out = &mut correction.data[kk * q..(kk + 1) * q];
-                out.iter_mut().zip(projected.iter()).for_each(|(o, v)| *o += v * covariate);
-            }
+            let covariates = &self.a.data[column * k..(column + 1) * k];
+            let copy = &mut by_row.data[(column % BY_ROW_COPIES) * p * k..(column % BY_ROW_COPIES + 1) * p * k];
+            correct_column(y_column, rows, self.bound[column], u_column, covariates, self.bounds, copy);
         }
     }
 }
@@ -1047,10 +1056,12 @@ struct Bounds<'a> {
     row_max: &'a [f64],
 }
 
-/// Adds `X' delta` to `out` for one column y of Y and its random effects u,
-/// where `delta = max(max(y, 0) - X u, 0) - (y - X u)`. `smallest_rows`
-/// lists the rows of y's smallest entries in ascending order (from
-/// [`DataSummary`]) and `bound` bounds every entry of X u from above.
+/// Adds `delta_p a'` to row p of `by_row` (P x K, by columns) for one
+/// column y of Y, its random effects u and its covariates a, where `delta =
+/// max(max(y, 0) - X u, 0) - (y - X u)`, so that X' `by_row` summed over
+/// the units is X' Delta A'. `smallest_rows` lists the rows of y's smallest
+/// entries in ascending order (from [`DataSummary`]) and `bound` bounds
+/// every entry of X u from above.
 ///
 /// delta is zero in a cell where y is non-negative and at least (X u)_p,
 /// so only cells below `bound` (which include every negative cell) need
@@ -1063,33 +1074,42 @@ struct Bounds<'a> {
 /// is checked cell by cell. On data with many zeros or small values in most
 /// columns (sparse counts, for example) that can cost several times a
 /// product, so such fits take longer per iteration.
-fn correct_column(y: &[f64], smallest_rows: &[u32], bound: f64, u: &[f64], bounds: &Bounds<'_>, out: &mut [f64]) {
-    let q = u.len();
-    let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
-    let correct_cell = |row: usize, value: f64, out: &mut [f64]| {
+fn correct_column(
+    y: &[f64],
+    smallest_rows: &[u32],
+    bound: f64,
+    u: &[f64],
+    covariates: &[f64],
+    bounds: &Bounds<'_>,
+    by_row: &mut [f64],
+) {
+    let (q, p) = (u.len(), y.len());
+    let mut correct_cell = |row: usize, value: f64| {
         let x_row = &bounds.x_rows[row * q..(row + 1) * q];
         let fitted: f64 = x_row.iter().zip(u).map(|(x, u)| x * u).sum();
         let delta = positive(positive(value) - fitted) - (value - fitted);
-        out.iter_mut().zip(x_row).for_each(|(o, x)| *o += delta * x);
-    };
-    for &row in smallest_rows {
-        let value = y[row as usize];
-        if value >= bound {
-            // Every row not yet visited is at least as large.
-            return;
+        for (kk, covariate) in covariates.iter().enumerate() {
+            by_row[row + p * kk] += delta * covariate;
         }
-        correct_cell(row as usize, value, out);
-    }
-    if smallest_rows.len() == y.len() {
+    };
+    let whole_column = smallest_rows.len() < p && smallest_rows.last().is_some_and(|&row| y[row as usize] < bound);
+    if !whole_column {
+        for &row in smallest_rows {
+            let value = y[row as usize];
+            if value >= bound {
+                // Every row not yet visited is at least as large.
+                return;
+            }
+            correct_cell(row as usize, value);
+        }
         return;
     }
-    // Rows beyond the list may be below the bound too: start over on the
-    // whole column.
-    out.iter_mut().for_each(|v| *v = 0.0);
+    // Rows beyond the list may be below the bound too.
+    let positive_sum: f64 = u.iter().map(|&v| positive(v)).sum();
     for (row, &value) in y.iter().enumerate() {
         // (X u)_p <= max_q X[p, q] * sum_q max(u_q, 0).
         if value < bound && value < bounds.row_max[row] * positive_sum {
-            correct_cell(row, value, out);
+            correct_cell(row, value);
         }
     }
 }
@@ -1876,38 +1896,43 @@ mod tests {
     fn projection_matches_its_definition() {
         // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) A' written out
         // cell by cell. The pass skips cells by a bound, so it must agree
-        // with them.
-        let (y, x, u) = projection_example();
+        // with them: on the example, where 2 cells in 23 are at or below 0,
+        // and on a copy with a zero in every fourth cell, where the lists of
+        // smallest rows often end below the bound.
+        let (y_example, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
         let a = projection_covariates(n);
-        let w = residuals(&y, &x, &u);
-        let delta: Vec<f64> = y.iter().zip(&w.data).map(|(y, w)| (y.max(0.0) - (y - w)).max(0.0) - w).collect();
-        let expected_ytx = y_cross_x(&y, p, &x);
-        let mut projected = Dense::zeros(q, n);
-        cross_product(&x, &Dense::from_vec(p, n, delta), &mut projected);
-        assert!(projected.data.iter().any(|&v| v != 0.0));
-        assert!(projected.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
-        let mut expected_correction = Dense::zeros(q, 2);
-        gemm(&mut expected_correction, &projected, false, &a, true, 1.0, false, Par::Seq);
+        let y_zeros: Vec<f64> = y_example.iter().enumerate().map(|(i, &v)| if i % 4 == 1 { 0.0 } else { v }).collect();
+        for y in [y_example, y_zeros] {
+            let summary = DataSummary::new(&y, p);
+            let w = residuals(&y, &x, &u);
+            let delta: Vec<f64> = y.iter().zip(&w.data).map(|(y, w)| (y.max(0.0) - (y - w)).max(0.0) - w).collect();
+            let expected_ytx = y_cross_x(&y, p, &x);
+            let mut projected = Dense::zeros(q, n);
+            cross_product(&x, &Dense::from_vec(p, n, delta), &mut projected);
+            assert!(projected.data.iter().any(|&v| v != 0.0));
+            assert!(projected.data.chunks_exact(q).any(|column| column.iter().all(|&v| v == 0.0)));
+            let mut expected_correction = Dense::zeros(q, 2);
+            gemm(&mut expected_correction, &projected, false, &a, true, 1.0, false, Par::Seq);
 
-        let summary = DataSummary::new(&y, p);
-        let u_t = transposed(&u);
-        // Y is small enough that Y'X comes from a copy of Y'; without that
-        // copy, from products on one or two threads.
-        for (threads, keep_transpose) in [(1, true), (1, false), (2, false)] {
-            let mut work = workspace(&y, p, n, &a.data, q);
-            assert!(work.y_t.is_some());
-            if !keep_transpose {
-                work.y_t = None;
-            }
-            project_data(&y, &summary, &x, &u_t, &a, true, &mut work, threads);
-            for (actual, expected) in [(&work.ytx, &expected_ytx), (&work.correction, &expected_correction)] {
-                for (a, e) in actual.data.iter().zip(&expected.data) {
-                    assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+            let u_t = transposed(&u);
+            // Y is small enough that Y'X comes from a copy of Y'; without
+            // that copy, from products on one or two threads.
+            for (threads, keep_transpose) in [(1, true), (1, false), (2, false)] {
+                let mut work = workspace(&y, p, n, &a.data, q);
+                assert!(work.y_t.is_some());
+                if !keep_transpose {
+                    work.y_t = None;
                 }
+                project_data(&y, &summary, &x, &u_t, &a, true, &mut work, threads);
+                for (actual, expected) in [(&work.ytx, &expected_ytx), (&work.correction, &expected_correction)] {
+                    for (a, e) in actual.data.iter().zip(&expected.data) {
+                        assert!((a - e).abs() < 1e-12 * (1.0 + e.abs()), "{a} vs {e}");
+                    }
+                }
+                project_data(&y, &summary, &x, &u_t, &a, false, &mut work, threads);
+                assert!(work.correction.data.iter().all(|&v| v == 0.0));
             }
-            project_data(&y, &summary, &x, &u_t, &a, false, &mut work, threads);
-            assert!(work.correction.data.iter().all(|&v| v == 0.0));
         }
     }
 
