@@ -560,20 +560,16 @@ fn for_ranges_with<S: Send, T: Send>(
     if ranges.len() <= 1 {
         return ranges.into_iter().zip(inputs).map(|(range, input)| body(range, input)).collect();
     }
-    std::thread::scope(|scope| {
+    // Rayon's pool keeps its threads between iterations, where spawning
+    // fresh threads would cost tens of microseconds per pass.
+    let mut results: Vec<Option<T>> = (0..ranges.len()).map(|_| None).collect();
+    rayon::scope(|scope| {
         let body = &body;
-        let mut pairs = ranges.into_iter().zip(inputs);
-        let first = pairs.next();
-        let handles: Vec<_> = pairs.map(|(range, input)| scope.spawn(move || body(range, input))).collect();
-        let mut results: Vec<T> = first.into_iter().map(|(range, input)| body(range, input)).collect();
-        for handle in handles {
-            match handle.join() {
-                Ok(value) => results.push(value),
-                Err(payload) => std::panic::resume_unwind(payload),
-            }
+        for ((range, input), slot) in ranges.into_iter().zip(inputs).zip(results.iter_mut()) {
+            scope.spawn(move |_| *slot = Some(body(range, input)));
         }
-        results
-    })
+    });
+    results.into_iter().map(|result| result.expect("every range ran in the scope")).collect()
 }
 
 /// Runs `body` on contiguous column ranges, in parallel when the work is
