@@ -17,7 +17,7 @@
 # process also reports its peak before the fit (after simulating Y), from
 # VmHWM in /proc/self/status. The fit uses the default start (NNDSVDar),
 # df_rate 0.1 and epsilon = 0. Time per iteration is
-# (t(3 + m) - t(3)) / m with m = max(10, 1e7 / N), so the start and the
+# (t(3 + m) - t(3)) / m with m = max(30, 1e7 / N), so the start and the
 # other fixed costs do not count.
 #
 # Targets: slope near 1 (linear in N); peak memory at N = 1e6 under
@@ -46,7 +46,7 @@ run_child <- function(N, threads) {
   data <- simulate_problem(P = P, N = N, Q = Q, K = K, seed = 1)
   invisible(gc())
   before_fit_kb <- peak_kb()
-  iterations <- max(10, round(1e7 / N))
+  iterations <- max(30, round(1e7 / N))
   time_fit <- function(maxit) {
     control <- nmfre_control(maxit = maxit, epsilon = 0, inference = FALSE,
                              threads = threads)
