@@ -52,7 +52,7 @@ with_avx2!(
 
 with_avx2!(
     /// Inner product summed in sixteen lanes, so that four vector
-    /// accumulators hide the latency of the additions; the rows past the
+    /// accumulators hide the latency of the additions. The rows past the
     /// last full chunk are padded with zeros, and the lanes are added
     /// pairwise at the end.
     lane_dot, (left: &[f64], right: &[f64]) -> f64, {

@@ -112,8 +112,8 @@ pub fn raise_lambda_to_cap_within(
     }
 
     // The bisection below needs only the side of the root each midpoint
-    // falls on. Away from the root, a root found by Newton's method tells
-    // that side without evaluating dfU; near it, dfU is evaluated as
+    // falls on. Away from the root, a root found by Newton's method gives
+    // that side without evaluating dfU. Near it, dfU is evaluated as
     // before, so the result is the same as plain bisection.
     let guide = NewtonRoot::find(eigenvalues, units, cap, low, high);
     while high - low > tolerance {
@@ -170,8 +170,8 @@ impl NewtonRoot {
             lambda = (lambda + step).min(high);
             if step.abs() <= 1e-15 * lambda {
                 // Rounding in dfU, about 1e-16 relative per term, moves its
-                // sign change by up to that error over the slope; a thousand
-                // times that (and the last step) is a safe margin.
+                // sign change by up to that error over the slope. A thousand
+                // times that, plus the last step, is a safe margin.
                 let rounding = 1e-16 * (eigenvalues.len() as f64 + 1.0) * cap.abs() / -slope;
                 return NewtonRoot { root: lambda, margin: 1e3 * rounding + 1e3 * step.abs() + 1e-13 * lambda };
             }
@@ -265,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn guided_search_returns_the_bisection_result_bit_for_bit() {
+    fn guided_bisection_matches_plain_bisection() {
         // Spread eigenvalues, caps near saturation (lambda far below the
         // eigenvalues, where dfU barely moves) and far from it, and both
         // tolerances the fit uses.

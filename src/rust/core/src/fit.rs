@@ -550,8 +550,8 @@ pub(crate) fn initial_state(data: &Data<'_>, y_positive: &[f64], options: &FitOp
 
 /// Runs `body` on contiguous column ranges, each with its own input from
 /// `inputs` (one per range of `ranges`), in parallel when there are several
-/// ranges, and returns the per-range results in order so that reductions
-/// are deterministic for a given thread count.
+/// ranges. Returns the per-range results in order, so that reductions are
+/// deterministic for a given thread count.
 fn for_ranges_with<S: Send, T: Send>(
     ranges: Vec<std::ops::Range<usize>>,
     inputs: Vec<S>,
@@ -705,7 +705,7 @@ impl RidgeSolve {
 
 /// Sets `work.ybt = max(Y, 0) B'` from the Gram route (see [`GramRoute`]),
 /// for the scores B = max(Theta A + U, 0) of `work.scores`, which
-/// [`positive_scores`] set with `negative` negative entries. X and Theta are
+/// [`random_effects_and_scores`] set with `negative` negative entries. X and Theta are
 /// those of the U-step that left `work.solve`, and [`unit_moments_from_gram`]
 /// must have run for them. Returns false, leaving `work.ybt` unset, when
 /// there are too many negative scores.
@@ -723,6 +723,7 @@ fn gram_route_product(
     }
     let solve = &work.solve;
     let [gx, ypa_theta, fixed_part] = &mut work.route_buffers;
+
     // G X M^-1; when Y has no negative entry, G X is the Y Y' X of the
     // moments.
     let g_x = match route.g_raw {
@@ -733,6 +734,7 @@ fn gram_route_product(
         None => &work.moments.gx,
     };
     product(g_x, &solve.inverse_t, &mut work.ybt);
+
     // + Y+A' Theta' (I - (M^-1 X'X)').
     let complement = &mut work.route_complement;
     for (i, (value, negated)) in complement.data.iter_mut().zip(&solve.inverse_gram_t.data).enumerate() {
@@ -740,6 +742,7 @@ fn gram_route_product(
     }
     product(&route.ypa, &work.theta_t, ypa_theta);
     product(ypa_theta, complement, fixed_part);
+
     // - (Y+ 1) m'.
     for qq in 0..q {
         let mean = solve.means.data[qq];
@@ -748,6 +751,7 @@ fn gram_route_product(
             *o += f - s * mean;
         }
     }
+
     // - max(Y, 0)_n s for every negative score s, among the scores that
     // the positive part set to 0.
     if negative > 0 {
@@ -1012,8 +1016,8 @@ fn add_copies(by_row: &Dense, sum: &mut Dense) {
     }
 }
 
-/// What [`UnitCheck::correct_units`] reads: the data, the random effects
-/// and the bounds of this iteration.
+/// Inputs of [`UnitCheck::correct_units`]: the data, the random effects and
+/// the bounds of this iteration.
 struct UnitCheck<'a> {
     y: &'a [f64],
     summary: &'a DataSummary,
@@ -1027,8 +1031,8 @@ struct UnitCheck<'a> {
 impl UnitCheck<'_> {
     /// Adds to `by_row` (P x K) the rows `delta_n a_n'` of the
     /// positive-part correction from the units in `columns` (see
-    /// [`correct_column`]); units whose smallest entry of Y is at least the
-    /// bound on X u_n contribute nothing and are skipped.
+    /// [`correct_column`]). Units whose smallest entry of Y is at least the
+    /// bound on X u_n contribute nothing, so they are skipped.
     fn correct_units(&self, columns: std::ops::Range<usize>, by_row: &mut Dense, u_column: &mut [f64]) {
         let (n, k, p) = (self.u_t.rows, self.a.rows, self.bounds.row_max.len());
         for column in columns.filter(|&column| self.summary.column_min[column] < self.bound[column]) {
@@ -1892,9 +1896,9 @@ mod tests {
     fn projection_matches_its_definition() {
         // X'Y and X'(max(max(Y, 0) - X U, 0) - (Y - X U)) A' written out
         // cell by cell. The pass skips cells by a bound, so it must agree
-        // with them: on the example, where 2 cells in 23 are at or below 0,
-        // and on a copy with a zero in every fourth cell, where the lists of
-        // smallest rows often end below the bound.
+        // with them. The example has 2 cells in 23 at or below 0; a copy
+        // with a zero in every fourth cell makes the lists of smallest rows
+        // often end below the bound.
         let (y_example, x, u) = projection_example();
         let (p, n, q) = (x.rows, u.cols, x.cols);
         let a = projection_covariates(n);
@@ -1961,7 +1965,7 @@ mod tests {
     }
 
     #[test]
-    fn unit_moments_from_gram_match_the_pass_over_units() {
+    fn gram_moments_match_unit_sums() {
         // U U', U A' and <X'Y, U> after a U-step and a normalisation that
         // rescales U's rows, from the Gram matrices and by inner products
         // over the units, on data with negative cells (Y Y' differs from
