@@ -645,7 +645,8 @@ impl GramRoute {
     /// Returns the route when it pays: G costs P^2 N once, and saves P N Q
     /// per iteration for P^2 Q, so it is formed when P <= 100 Q (it pays
     /// within about fifty iterations) and takes at most a quarter of Y's
-    /// memory.
+    /// memory. `y_positive` must be `data.y_positive()`, which borrows Y
+    /// itself when Y has no negative entry.
     fn for_data(data: &Data<'_>, y_positive: &[f64], q: usize, a: &Dense, threads: usize) -> Option<Self> {
         let (p, n) = (data.p, data.n);
         if p > 100 * q || 4 * p > n {
@@ -654,7 +655,7 @@ impl GramRoute {
         let y_pos = MatRef::from_column_major_slice(y_positive, p, n);
         let mut g = Dense::zeros(p, p);
         matmul(g.as_mut(), Accum::Replace, y_pos, data.y_ref().transpose(), 1.0, par_for(threads));
-        let g_raw = (y_positive != data.y).then(|| {
+        let g_raw = (!std::ptr::eq(y_positive.as_ptr(), data.y.as_ptr())).then(|| {
             let mut g_raw = Dense::zeros(p, p);
             matmul(g_raw.as_mut(), Accum::Replace, data.y_ref(), data.y_ref().transpose(), 1.0, par_for(threads));
             g_raw
