@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatRef, Par};
 
 use crate::columns::{
@@ -653,13 +654,14 @@ impl GramRoute {
             return None;
         }
         let y_pos = MatRef::from_column_major_slice(y_positive, p, n);
-        let mut g = Dense::zeros(p, p);
-        matmul(g.as_mut(), Accum::Replace, y_pos, data.y_ref().transpose(), 1.0, par_for(threads));
-        let g_raw = (!std::ptr::eq(y_positive.as_ptr(), data.y.as_ptr())).then(|| {
-            let mut g_raw = Dense::zeros(p, p);
-            matmul(g_raw.as_mut(), Accum::Replace, data.y_ref(), data.y_ref().transpose(), 1.0, par_for(threads));
-            g_raw
-        });
+        let y_y = symmetric_gram(data.y_ref(), threads);
+        let (g, g_raw) = if std::ptr::eq(y_positive.as_ptr(), data.y.as_ptr()) {
+            (y_y, None)
+        } else {
+            let mut g = Dense::zeros(p, p);
+            matmul(g.as_mut(), Accum::Replace, y_pos, data.y_ref().transpose(), 1.0, par_for(threads));
+            (g, Some(y_y))
+        };
         let mut ypa = Dense::zeros(p, data.k);
         matmul(ypa.as_mut(), Accum::Replace, y_pos, a.as_ref().transpose(), 1.0, Par::Seq);
         let ypsum = Dense::from_vec(p, 1, y_positive.chunks_exact(p).fold(vec![0.0; p], |mut sum, column| {
@@ -668,6 +670,30 @@ impl GramRoute {
         }));
         Some(GramRoute { g, g_raw, ypa, ypsum })
     }
+}
+
+/// Returns `y y'` (P x P), forming its lower triangle only and mirroring it,
+/// which halves the work of a full product.
+fn symmetric_gram(y: MatRef<'_, f64>, threads: usize) -> Dense {
+    let p = y.nrows();
+    let mut out = Dense::zeros(p, p);
+    faer::linalg::matmul::triangular::matmul(
+        out.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        y,
+        BlockStructure::Rectangular,
+        y.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        par_for(threads),
+    );
+    for j in 0..p {
+        for i in 0..j {
+            out.data[i + p * j] = out.data[j + p * i];
+        }
+    }
+    out
 }
 
 /// Most negative scores for which the Gram route corrects unit by unit
