@@ -84,6 +84,39 @@ test_that("Rust fit equals oracle: simulated, every cap and Theta", {
   }
 })
 
+test_that("Rust fit equals oracle: each way of computing an iteration", {
+  # The core picks how to form an iteration from the data's shape and
+  # values; each choice must give the oracle's iterates.
+  # - P = 12 > N / 4: no Gram matrices, every step reads Y.
+  # - Y shifted down by 4 and clipped at 0: more than a tenth of the cells
+  #   are zero, so the positive part needs correcting in many units and
+  #   whole columns.
+  # - P N = 75000 cells (above 65536): Y'X from products, on 1 and 2 threads.
+  narrow <- simulate_nmfre(P = 12, N = 30, Q = 2, K = 2, seed = 21)
+  shifted <- simulate_nmfre(P = 6, N = 40, Q = 2, K = 2, seed = 22)
+  large <- simulate_nmfre(P = 30, N = 2500, Q = 3, K = 2, seed = 23)
+  zeros <- pmax(shifted$Y - 4, 0)
+  expect_gt(mean(zeros == 0), 0.1)
+  cases <- list(
+    list(Y = narrow$Y, A = narrow$A, Q = 2),
+    list(Y = zeros, A = shifted$A, Q = 2),
+    list(Y = large$Y, A = large$A, Q = 3, maxit = 60)
+  )
+  for (case in cases) {
+    start <- reference_start(nrow(case$Y), ncol(case$Y), case$Q, 2, seed = 4)
+    expect_same_fit(fit_both(case$Y, case$A, start, maxit = if (is.null(case$maxit)) 300 else case$maxit))
+  }
+  start <- reference_start(30, 2500, 3, 2, seed = 4)
+  control <- nmfre_control(start = start, maxit = 60, epsilon = 0, inference = FALSE,
+                           polish = FALSE, threads = 2)
+  two_threads <- suppressWarnings(nmfre(large$Y, large$A, rank = 3, df_rate = 0.1,
+                                        control = control))
+  reference <- reference_fit(large$Y, large$A, start, cap = "rate", cap_value = 0.1,
+                             maxit = 60, epsilon = 0)
+  expect_relative(two_threads$Theta, reference$Theta, label = "Theta on 2 threads")
+  expect_relative(two_threads$X, reference$X, label = "X on 2 threads")
+})
+
 test_that("simulated problem exercises the cap's root search", {
   # Guards the case above. The start's X, normalised on P = 6 rows, has X'X
   # eigenvalues near 1/3 and 0, so lambda = 1 gives dfU near
