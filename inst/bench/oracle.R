@@ -50,7 +50,7 @@ orthodont_problem <- function() {
   male <- as.numeric(orthodont$Sex[match(subjects, orthodont$Subject)] == "Male")
   list(name = "Orthodont", Y = matrix(orthodont$distance, nrow = 4),
        A = rbind("(Intercept)" = 1, male = male), rank = 1, df_rate = 0.21,
-       maxit = 5000)
+       maxit = 20000)
 }
 
 holzinger_problem <- function() {
@@ -61,7 +61,7 @@ holzinger_problem <- function() {
              girl = scale01(as.numeric(hs$sex == 2)),
              grant_white = scale01(as.numeric(hs$school == "Grant-White")))
   list(name = "Holzinger-Swineford", Y = t(as.matrix(hs[paste0("x", 1:9)])), A = A,
-       rank = 3, df_rate = 0.96, maxit = 2000)
+       rank = 3, df_rate = 0.96, maxit = 10000)
 }
 
 synthetic_problem <- function() {

@@ -802,23 +802,53 @@ fn gram_route_product(
 /// [`update_random_effects`]), `work.scores = max(A'Theta' + U', 0)` and
 /// `work.bbt` = B B' for these scores B, a block of units at a time, and
 /// returns how many scores are negative.
-fn random_effects_and_scores(u_t: &mut Dense, work: &mut Workspace) -> usize {
-    let (n, q) = (u_t.rows, u_t.cols);
-    let mut negative = 0;
-    work.bbt.data.iter_mut().for_each(|v| *v = 0.0);
-    for_row_blocks(n, |rows| {
-        for qq in 0..q {
-            let terms = [(&work.ytx.data[..], work.solve.inverse_t.col(qq)), (&work.a_t.data[..], work.fixed_coefficients.col(qq))];
-            let offset = work.solve.offsets[qq];
-            combine_rows(&mut u_t.data[qq * n..(qq + 1) * n], n, &terms, offset, rows.clone());
+fn random_effects_and_scores(u_t: &mut Dense, work: &mut Workspace, threads: usize) -> usize {
+    let (n, q, k) = (u_t.rows, u_t.cols, work.a_t.cols);
+    // Each range of units gets its rows of every column of U' and of the
+    // scores, and returns its negative count and its part of B B'.
+    let ranges = column_chunks(n, threads, 4 * q * (q + k + 1));
+    let mut inputs: Vec<(Vec<&mut [f64]>, Vec<&mut [f64]>)> =
+        ranges.iter().map(|_| (Vec::with_capacity(q), Vec::with_capacity(q))).collect();
+    for (u_column, score_column) in u_t.data.chunks_exact_mut(n).zip(work.scores.data.chunks_exact_mut(n)) {
+        let (mut u_rest, mut score_rest) = (u_column, score_column);
+        for (range, (u_parts, score_parts)) in ranges.iter().zip(inputs.iter_mut()) {
+            let (u_head, u_tail) = u_rest.split_at_mut(range.len());
+            let (score_head, score_tail) = score_rest.split_at_mut(range.len());
+            u_parts.push(u_head);
+            score_parts.push(score_head);
+            (u_rest, score_rest) = (u_tail, score_tail);
         }
-        for qq in 0..q {
-            let terms = [(&work.a_t.data[..], work.theta_t.col(qq)), (&u_t.data[qq * n..], &[1.0][..])];
-            let scores = &mut work.scores.data[qq * n..(qq + 1) * n];
-            negative += combine_rows_positive(scores, n, &terms, 0.0, rows.clone());
-        }
-        add_block_cross_product(&mut work.bbt, &work.scores, &work.scores, rows, true);
+    }
+    let (ytx, a_t, solve) = (&work.ytx.data, &work.a_t.data, &work.solve);
+    let (fixed_coefficients, theta_t) = (&work.fixed_coefficients, &work.theta_t);
+    let parts = for_ranges_with(ranges, inputs, |units, (mut u_parts, mut score_parts)| {
+        // The terms start at the range's first unit, so rows count from 0.
+        let (ytx, a_t) = (&ytx[units.start..], &a_t[units.start..]);
+        let mut bbt = Dense::zeros(q, q);
+        let mut negative = 0;
+        for_row_blocks(units.len(), |rows| {
+            for (qq, u_part) in u_parts.iter_mut().enumerate() {
+                let terms = [(ytx, solve.inverse_t.col(qq)), (a_t, fixed_coefficients.col(qq))];
+                combine_rows(u_part, n, &terms, solve.offsets[qq], rows.clone());
+            }
+            for (qq, score_part) in score_parts.iter_mut().enumerate() {
+                let terms = [(a_t, theta_t.col(qq)), (&u_parts[qq][..], &[1.0][..])];
+                negative += combine_rows_positive(score_part, n, &terms, 0.0, rows.clone());
+            }
+            for j in 0..q {
+                for i in 0..=j {
+                    bbt.data[i + q * j] += lane_dot(&score_parts[i][rows.clone()], &score_parts[j][rows.clone()]);
+                }
+            }
+        });
+        (negative, bbt)
     });
+    work.bbt.data.iter_mut().for_each(|v| *v = 0.0);
+    let mut negative = 0;
+    for (count, bbt) in parts {
+        negative += count;
+        work.bbt.data.iter_mut().zip(&bbt.data).for_each(|(o, v)| *o += v);
+    }
     mirror_upper(&mut work.bbt);
     negative
 }
@@ -1396,7 +1426,7 @@ pub(crate) fn fit_from(
         }
         transpose_into(&state.theta, &mut work.theta_t);
         update_random_effects(&state.x, &mut work, lambda)?;
-        let negative = random_effects_and_scores(&mut u_t, &mut work);
+        let negative = random_effects_and_scores(&mut u_t, &mut work, threads);
         // With the Gram route, U U', U A' and <X'Y, U> need no pass over the
         // units either.
         if let Some(route) = &gram_route {
@@ -1847,7 +1877,7 @@ mod tests {
         transpose_into(&theta, &mut work.theta_t);
         update_random_effects(&x, &mut work, lambda).unwrap();
         let mut u_t = Dense::zeros(n, q);
-        let negative = random_effects_and_scores(&mut u_t, &mut work);
+        let negative = random_effects_and_scores(&mut u_t, &mut work, 1);
         let u = transposed(&u_t);
         let mut fixed = Dense::zeros(q, n);
         product(&theta, &a, &mut fixed);
@@ -1887,6 +1917,38 @@ mod tests {
             for (a, e) in actual.data.iter().zip(&expected.data) {
                 assert!((a - e).abs() < 1e-10 * (1.0 + e.abs()), "{a} vs {e}");
             }
+        }
+    }
+
+    #[test]
+    fn u_step_agrees_across_threads() {
+        // 20000 units are enough work to split into three ranges. U' and
+        // the scores are formed element by element, so they agree exactly;
+        // B B' is summed by range, so it agrees to rounding.
+        let (p, n, q, k) = (5, 20000, 2, 2);
+        let (y, a_values) = example(p, n);
+        let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.1 + (i % 4) as f64 * 0.05).collect());
+        let theta = Dense::from_vec(q, k, vec![20.0, 15.0, -1.0, 2.0]);
+        let results: Vec<(Dense, Dense, Dense, usize)> = [1, 3]
+            .iter()
+            .map(|&threads| {
+                let mut work = workspace(&y, p, n, &a_values, q);
+                cross_product(&x, &x, &mut work.gram);
+                work.ytx = y_cross_x(&y, p, &x);
+                transpose_into(&theta, &mut work.theta_t);
+                update_random_effects(&x, &mut work, 0.7).unwrap();
+                let mut u_t = Dense::zeros(n, q);
+                let negative = random_effects_and_scores(&mut u_t, &mut work, threads);
+                (u_t, work.scores.clone(), work.bbt.clone(), negative)
+            })
+            .collect();
+        let (one, three) = (&results[0], &results[1]);
+        assert_eq!(column_chunks(n, 3, 4 * q * (q + k + 1)).len(), 3);
+        assert_eq!(one.0, three.0);
+        assert_eq!(one.1, three.1);
+        assert_eq!(one.3, three.3);
+        for (a, b) in one.2.data.iter().zip(&three.2.data) {
+            assert!((a - b).abs() < 1e-12 * a.abs(), "{a} vs {b}");
         }
     }
 
@@ -2011,7 +2073,7 @@ mod tests {
         transpose_into(&theta, &mut work.theta_t);
         update_random_effects(&x, &mut work, 0.5).unwrap();
         let mut u_t = Dense::zeros(n, q);
-        random_effects_and_scores(&mut u_t, &mut work);
+        random_effects_and_scores(&mut u_t, &mut work, 1);
         unit_moments_from_gram(&route, &x, &mut work);
 
         // Rescale X's columns as the X-step's normalisation does.
@@ -2071,7 +2133,7 @@ mod tests {
             transpose_into(&theta, &mut work.theta_t);
             update_random_effects(&x, &mut work, 0.5).unwrap();
             let mut u_t = Dense::zeros(n, q);
-            let negative = random_effects_and_scores(&mut u_t, &mut work);
+            let negative = random_effects_and_scores(&mut u_t, &mut work, 1);
             unit_moments_from_gram(&route, &x, &mut work);
             assert!(negative > 0, "the example needs negative scores");
             let limit = GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64;
