@@ -240,7 +240,7 @@ mod tests {
         }
     }
 
-    /// Plain bisection, as MODEL.md states it, for comparison with the
+    /// Plain bisection, as the method states it, for comparison with the
     /// search guided by Newton's method.
     fn plain_bisection(eigenvalues: &[f64], lambda: f64, units: usize, cap: f64, tolerance: f64) -> f64 {
         let df = |value: f64| effective_df(eigenvalues, value, units);

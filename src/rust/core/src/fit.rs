@@ -270,8 +270,8 @@ pub(crate) struct State {
 /// Buffers reused across iterations, so that an iteration allocates only
 /// Q x Q and Q x K temporaries.
 ///
-/// The N x Q matrices hold one basis per column (the transposes of the Q x
-/// N matrices of MODEL.md), so that the kernels of [`crate::columns`] run
+/// The N x Q matrices hold one basis per column (the transposes of the
+/// model's Q x N matrices), so that the kernels of [`crate::columns`] run
 /// along the units.
 struct Workspace {
     /// Y'X for the current X (N x Q).
