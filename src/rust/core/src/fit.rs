@@ -1023,6 +1023,7 @@ fn project_data(
     // Each range of units gets its rows of every column of Y'X, and its
     // own buffers.
     let ranges = column_chunks(n, threads, 2 * p * q);
+    let used = ranges.len();
     if work.pass.len() < ranges.len() {
         work.pass.resize_with(ranges.len(), || PassBuffers::new(p, q, k, block));
     }
@@ -1058,7 +1059,6 @@ fn project_data(
             start = end;
         }
     });
-    let used = column_chunks(n, threads, 2 * p * q).len();
     work.by_row_sum.data.iter_mut().for_each(|v| *v = 0.0);
     for buffers in work.pass.iter().take(used) {
         add_copies(&buffers.by_row, &mut work.by_row_sum);
@@ -1372,6 +1372,8 @@ pub(crate) fn fit_from(
     let gram_route = GramRoute::for_data(data, &y_positive, q, &a, threads);
     // The loop keeps U as U' (N x Q), like the other N x Q matrices.
     let mut u_t = transposed(&state.u);
+    // X'X and Y'X for the first U-step; the Theta-step keeps both current.
+    cross_product(&state.x, &state.x, &mut work.gram);
     project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
 
     let mut record = CapRecord::default();
@@ -1399,7 +1401,6 @@ pub(crate) fn fit_from(
 
         // U-step first: given X and Theta it has a closed form, and the
         // X- and Theta-steps below need the current random effects.
-        cross_product(&state.x, &state.x, &mut work.gram);
         eigenvalues = symmetric_eigenvalues(&work.gram)?;
         lambda = state.sigma2 / state.tau2;
         if let (Some(cap), true) = (cap, polishing) {
@@ -1564,8 +1565,9 @@ pub(crate) fn fit_from(
             if options.extrapolate {
                 let moved = extrapolate(&mut state, &mut jump, kkt_x.max(kkt_theta));
                 if moved {
-                    // The next U-step needs Y'X for the new X.
+                    // The next U-step needs X'X and Y'X for the new X.
                     normalise_transposed(&mut state.x, &mut state.theta, &mut u_t, &mut work.scales);
+                    cross_product(&state.x, &state.x, &mut work.gram);
                     project_data(data.y, &summary, &state.x, &u_t, &a, false, &mut work, threads);
                 }
             }
@@ -1856,6 +1858,25 @@ mod tests {
         Workspace::new(&data, q)
     }
 
+    /// A U-step from X and Theta on `data`, as the loop runs it.
+    struct UStep {
+        work: Workspace,
+        u_t: Dense,
+        negative: usize,
+    }
+
+    /// Runs a U-step with ridge penalty `lambda` on `threads` threads.
+    fn u_step(data: &Data<'_>, x: &Dense, theta: &Dense, lambda: f64, threads: usize) -> UStep {
+        let mut work = Workspace::new(data, x.cols);
+        cross_product(x, x, &mut work.gram);
+        work.ytx = y_cross_x(data.y, data.p, x);
+        transpose_into(theta, &mut work.theta_t);
+        update_random_effects(x, &mut work, lambda).unwrap();
+        let mut u_t = Dense::zeros(data.n, x.cols);
+        let negative = random_effects_and_scores(&mut u_t, &mut work, threads);
+        UStep { work, u_t, negative }
+    }
+
     /// Returns X'Y as the loop keeps it: Y'X (N x Q).
     fn y_cross_x(y: &[f64], p: usize, x: &Dense) -> Dense {
         let mut xty = Dense::zeros(x.cols, y.len() / p);
@@ -1870,14 +1891,9 @@ mod tests {
         let a = Dense::from_vec(k, n, a_values);
         let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.1 + (i % 4) as f64 * 0.05).collect());
         let theta = Dense::from_vec(q, k, vec![20.0, 15.0, 1.0, 2.0]);
-        let mut work = workspace(&y, p, n, &a.data, q);
-        cross_product(&x, &x, &mut work.gram);
-        work.ytx = y_cross_x(&y, p, &x);
         let lambda = 0.7;
-        transpose_into(&theta, &mut work.theta_t);
-        update_random_effects(&x, &mut work, lambda).unwrap();
-        let mut u_t = Dense::zeros(n, q);
-        let negative = random_effects_and_scores(&mut u_t, &mut work, 1);
+        let data = Data::new(&y, p, n, &a.data, k).unwrap();
+        let UStep { work, u_t, negative } = u_step(&data, &x, &theta, lambda, 1);
         let u = transposed(&u_t);
         let mut fixed = Dense::zeros(q, n);
         product(&theta, &a, &mut fixed);
@@ -1929,25 +1945,13 @@ mod tests {
         let (y, a_values) = example(p, n);
         let x = Dense::from_vec(p, q, (0..p * q).map(|i| 0.1 + (i % 4) as f64 * 0.05).collect());
         let theta = Dense::from_vec(q, k, vec![20.0, 15.0, -1.0, 2.0]);
-        let results: Vec<(Dense, Dense, Dense, usize)> = [1, 3]
-            .iter()
-            .map(|&threads| {
-                let mut work = workspace(&y, p, n, &a_values, q);
-                cross_product(&x, &x, &mut work.gram);
-                work.ytx = y_cross_x(&y, p, &x);
-                transpose_into(&theta, &mut work.theta_t);
-                update_random_effects(&x, &mut work, 0.7).unwrap();
-                let mut u_t = Dense::zeros(n, q);
-                let negative = random_effects_and_scores(&mut u_t, &mut work, threads);
-                (u_t, work.scores.clone(), work.bbt.clone(), negative)
-            })
-            .collect();
-        let (one, three) = (&results[0], &results[1]);
+        let data = Data::new(&y, p, n, &a_values, k).unwrap();
+        let (one, three) = (u_step(&data, &x, &theta, 0.7, 1), u_step(&data, &x, &theta, 0.7, 3));
         assert_eq!(column_chunks(n, 3, 4 * q * (q + k + 1)).len(), 3);
-        assert_eq!(one.0, three.0);
-        assert_eq!(one.1, three.1);
-        assert_eq!(one.3, three.3);
-        for (a, b) in one.2.data.iter().zip(&three.2.data) {
+        assert_eq!(one.u_t, three.u_t);
+        assert_eq!(one.work.scores, three.work.scores);
+        assert_eq!(one.negative, three.negative);
+        for (a, b) in one.work.bbt.data.iter().zip(&three.work.bbt.data) {
             assert!((a - b).abs() < 1e-12 * a.abs(), "{a} vs {b}");
         }
     }
@@ -2066,14 +2070,8 @@ mod tests {
         let y_positive = data.y_positive();
         let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
         assert!(route.g_raw.is_some());
-        let mut work = Workspace::new(&data, q);
         let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
-        cross_product(&x, &x, &mut work.gram);
-        work.ytx = y_cross_x(&y, p, &x);
-        transpose_into(&theta, &mut work.theta_t);
-        update_random_effects(&x, &mut work, 0.5).unwrap();
-        let mut u_t = Dense::zeros(n, q);
-        random_effects_and_scores(&mut u_t, &mut work, 1);
+        let UStep { mut work, mut u_t, .. } = u_step(&data, &x, &theta, 0.5, 1);
         unit_moments_from_gram(&route, &x, &mut work);
 
         // Rescale X's columns as the X-step's normalisation does.
@@ -2126,14 +2124,8 @@ mod tests {
             let y_positive = data.y_positive();
             let route = GramRoute::for_data(&data, &y_positive, q, &a, 1).expect("P = 19 is small enough");
             assert_eq!(route.g_raw.is_some(), y.iter().any(|&v| v < 0.0));
-            let mut work = Workspace::new(&data, q);
             let theta = Dense::from_vec(q, 2, vec![4.0, 3.0, 1.0, -0.5, 0.4, 0.1]);
-            cross_product(&x, &x, &mut work.gram);
-            work.ytx = y_cross_x(&y, p, &x);
-            transpose_into(&theta, &mut work.theta_t);
-            update_random_effects(&x, &mut work, 0.5).unwrap();
-            let mut u_t = Dense::zeros(n, q);
-            let negative = random_effects_and_scores(&mut u_t, &mut work, 1);
+            let UStep { mut work, u_t, negative } = u_step(&data, &x, &theta, 0.5, 1);
             unit_moments_from_gram(&route, &x, &mut work);
             assert!(negative > 0, "the example needs negative scores");
             let limit = GRAM_ROUTE_MAX_NEGATIVE_SHARE * (n * q) as f64;
