@@ -245,6 +245,7 @@ mod tests {
         let (tall, other) = (example(1100, 3, 0.0), example(1100, 2, 3.0));
         let (coefficients, other_coefficients) = ([0.5, -1.0, 2.0], [0.25]);
         let terms = [(&tall.data[..], &coefficients[..]), (&other.data[1100..], &other_coefficients[..])];
+
         let mut out = vec![9.0; 1100];
         combine_rows(&mut out, 1100, &terms, 0.75, 0..1100);
         let expected: Vec<f64> = (0..1100)
@@ -253,6 +254,8 @@ mod tests {
         for (o, e) in out.iter().zip(&expected) {
             assert!((o - e).abs() < 1e-13, "{o} vs {e}");
         }
+
+        // The positive part sets the negative sums to 0 and counts them.
         let mut clipped = vec![9.0; 1100];
         let negative = combine_rows_positive(&mut clipped, 1100, &terms, 0.75, 0..1100);
         assert_eq!(negative, expected.iter().filter(|&&e| e < 0.0).count());
@@ -264,6 +267,7 @@ mod tests {
                 assert!((c - e).abs() < 1e-13, "{c} vs {e}");
             }
         }
+
         // Only the given rows are written.
         let mut part = vec![9.0; 1100];
         combine_rows(&mut part, 1100, &terms, 0.75, 40..45);
