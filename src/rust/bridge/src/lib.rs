@@ -144,9 +144,6 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
         let settings = fit_options(&options, p, n, k)?;
         let mut poller = InterruptPoller::new();
         let result = fit(&data, &settings, &mut || poller.poll()).map_err(core_error)?;
-        let optional_iteration = |value: Option<usize>| -> Robj {
-            value.map(|v| Robj::from(v as f64)).unwrap_or_else(|| Robj::from(Rfloat::na()))
-        };
         let list = list!(
             ok = true,
             X = matrix_robj(&result.x),
@@ -156,7 +153,7 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
             tau2 = result.tau2,
             lambda = result.lambda,
             dfU = result.dfu,
-            cap = result.cap.map(Robj::from).unwrap_or_else(|| Robj::from(Rfloat::na())),
+            cap = optional_real(result.cap),
             cap_hits = result.cap_hits as f64,
             cap_first_hit = optional_iteration(result.cap_first_hit),
             cap_last_hit = optional_iteration(result.cap_last_hit),
@@ -179,8 +176,14 @@ fn nmfre_fit_rust(y: Robj, p: i32, n: i32, a: Robj, k: i32, options: List) -> Ro
     })
 }
 
+/// Converts an optional iteration number to a double, NA when absent.
 fn optional_iteration(value: Option<usize>) -> Robj {
-    value.map(|v| Robj::from(v as f64)).unwrap_or_else(|| Robj::from(Rfloat::na()))
+    optional_real(value.map(|v| v as f64))
+}
+
+/// Converts an optional value to a double, NA when absent.
+fn optional_real(value: Option<f64>) -> Robj {
+    value.map(Robj::from).unwrap_or_else(|| Robj::from(Rfloat::na()))
 }
 
 /// Builds the per-rate entry of a scan: the fit's summary, or its error.
@@ -189,7 +192,7 @@ fn scan_entry(rate: f64, result: &std::result::Result<Fit, NmfreError>) -> Robj 
         Ok(fit) => list!(
             ok = true,
             rate = rate,
-            cap = fit.cap.map(Robj::from).unwrap_or_else(|| Robj::from(Rfloat::na())),
+            cap = optional_real(fit.cap),
             dfU = fit.dfu,
             cap_hits = fit.cap_hits as f64,
             cap_first_hit = optional_iteration(fit.cap_first_hit),
