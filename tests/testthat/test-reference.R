@@ -98,13 +98,13 @@ test_that("Rust fit equals oracle: each way of computing an iteration", {
   zeros <- pmax(shifted$Y - 4, 0)
   expect_gt(mean(zeros == 0), 0.1)
   cases <- list(
-    list(Y = narrow$Y, A = narrow$A, Q = 2),
-    list(Y = zeros, A = shifted$A, Q = 2),
+    list(Y = narrow$Y, A = narrow$A, Q = 2, maxit = 300),
+    list(Y = zeros, A = shifted$A, Q = 2, maxit = 300),
     list(Y = large$Y, A = large$A, Q = 3, maxit = 60)
   )
   for (case in cases) {
     start <- reference_start(nrow(case$Y), ncol(case$Y), case$Q, 2, seed = 4)
-    expect_same_fit(fit_both(case$Y, case$A, start, maxit = if (is.null(case$maxit)) 300 else case$maxit))
+    expect_same_fit(fit_both(case$Y, case$A, start, maxit = case$maxit))
   }
   start <- reference_start(30, 2500, 3, 2, seed = 4)
   control <- nmfre_control(start = start, maxit = 60, epsilon = 0, inference = FALSE,
